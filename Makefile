@@ -1,0 +1,51 @@
+# Two commands on a fresh machine: `make demo` (the main job end to end) and `make test` (the whole suite).
+# Both create .venv when missing and install what they need. torch comes first and pinned: on this CPU machine
+# `pip install torch==2.13.0` takes the CPU wheel already on disk, so nothing pulls a multi-GB CUDA build.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.esccs-installed
+TORCH := torch==2.13.0
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+DEMO ?= demo
+DEMO_SAMPLES ?= 600
+DEMO_SIZE ?= 64
+
+.PHONY: demo test install lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): setup.py pyproject.toml | $(BIN)/python
+	$(PIP) install $(TORCH)
+	$(PIP) install -e '.[train,dev]'
+	@$(BIN)/python -c "import torch; print('installed esccs with torch', torch.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+demo: $(STAMP)
+	@echo "== 1/3 synthetic data ($(DEMO_SAMPLES) samples, $(DEMO_SIZE) px) -> $(DEMO)/data"
+	$(BIN)/esccs data synth $(DEMO)/data --samples $(DEMO_SAMPLES) --size $(DEMO_SIZE) --patches-per-scene 15 --overwrite
+	@echo "== 2/3 quick look"
+	$(BIN)/esccs data show $(DEMO)/data --out $(DEMO)/quicklook.png
+	@echo "== 3/3 how much each modality tells (probe classifier on held-out target scenes)"
+	$(BIN)/esccs data probe $(DEMO)/data --out $(DEMO)/probe.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+bench: $(STAMP)
+	$(BIN)/esccs benchmark synth --samples 2000 --size 128 --out benchmarks/results/synth_cpu.json
+
+clean:
+	rm -rf $(VENV) $(DEMO) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
