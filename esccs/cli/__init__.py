@@ -26,7 +26,7 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="esccs")
 def cli() -> None:
-    """ESCCS: land-cover scene classification under clouds (optical -> optical + SAR transfer).
+    r"""ESCCS: land-cover scene classification under clouds (optical -> optical + SAR transfer).
 
     \b
     Typical flow:

@@ -30,8 +30,16 @@ from esccs.errors import BandError, CorruptRasterError, DataError, DatasetNotFou
 from esccs.io import labels as lab
 from esccs.io.raster import GDAL_ENV, RasterInfo, check_same_grid
 from esccs.spec import (
-    CLASS_PRESETS, IGBP_SIMPLE_CLASSES, MASK_THICK, MASK_THIN, RASTER_SPECS, S1_BANDS, S1_CLIP_DB, S2_BANDS,
-    S2_LAND_BANDS, cloud_stratum,
+    CLASS_PRESETS,
+    IGBP_SIMPLE_CLASSES,
+    MASK_THICK,
+    MASK_THIN,
+    RASTER_SPECS,
+    S1_BANDS,
+    S1_CLIP_DB,
+    S2_BANDS,
+    S2_LAND_BANDS,
+    cloud_stratum,
 )
 
 #: File band order per modality when a file carries no band descriptions.

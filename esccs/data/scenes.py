@@ -44,7 +44,8 @@ ELEMENTS: dict[str, Element] = {
     # Same backscatter as grass on purpose: Herbaceous vs Scrub is an optical-only distinction.
     "scrub":   Element((1420, 1140, 1080, 1080, 1320, 1700, 1900, 2000, 2100, 640, 12, 2550, 1750), (-11.0, -18.0),
                        0.0, 7),
-    "bare":    Element((1500, 1320, 1380, 1580, 1780, 1980, 2120, 2220, 2380, 700, 14, 3150, 2450), (-15.0, -23.0),
+    # Rough bare soil backscatters like low vegetation: Barren vs Herbaceous / Scrub is mostly an optical distinction.
+    "bare":    Element((1500, 1320, 1380, 1580, 1780, 1980, 2120, 2220, 2380, 700, 14, 3150, 2450), (-12.0, -19.0),
                        0.0, 16),
     "roof":    Element((1600, 1450, 1450, 1500, 1650, 1800, 1900, 1950, 2050, 600, 13, 2300, 1900), (-8.0, -14.5),
                        0.04, 13),
@@ -232,7 +233,7 @@ class SceneLook:
     @classmethod
     def sample(cls, season: str, rng: np.random.Generator) -> SceneLook:
         """Draw the conditions of one scene."""
-        return cls(season, float(rng.uniform(0.9, 1.1)), float(rng.uniform(0, 250)), float(rng.uniform(-1.0, 1.0)))
+        return cls(season, float(rng.uniform(0.9, 1.1)), float(rng.uniform(0, 250)), float(rng.uniform(-2.5, 2.5)))
 
 
 _HAZE_PROFILE = np.array([1.0, 0.8, 0.55, 0.35, 0.25, 0.18, 0.15, 0.12, 0.1, 0.05, 0.0, 0.02, 0.01], np.float32)
@@ -256,7 +257,8 @@ def render_s2(emap: np.ndarray, look: SceneLook, rng: np.random.Generator) -> np
 
 def render_s1(emap: np.ndarray, look: SceneLook, rng: np.random.Generator, looks: float = 4.4) -> np.ndarray:
     """Render a Sentinel-1 patch ``(2, H, W)`` float32 sigma-nought in dB, with Gamma speckle in linear power."""
-    db = _SAR.T[:, emap] + look.sar_offset  # (2, H, W)
+    # Incidence angle and soil moisture shift backscatter per scene and per patch: SAR is cloud-proof but noisier.
+    db = _SAR.T[:, emap] + look.sar_offset + float(rng.normal(0.0, 1.5))  # (2, H, W)
     db += 2.0 * (fractal_noise(emap.shape, rng, decay=1.2)[None] - 0.5)  # slow moisture / roughness texture
     bright = rng.random(emap.shape) < _POINTS[emap]  # double-bounce scatterers (buildings, metal, piers)
     boost = rng.uniform(8.0, 15.0, size=emap.shape).astype(np.float32)

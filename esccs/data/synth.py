@@ -270,7 +270,8 @@ def synthesize(cfg: SynthConfig, progress: bool = True) -> SynthReport:
                 bar.update()
         else:
             with ProcessPoolExecutor(max_workers=cfg.workers) as pool:
-                for rec in pool.map(_make_sample_star, tasks, chunksize=max(1, min(16, len(tasks) // (4 * cfg.workers)))):
+                chunk = max(1, min(16, len(tasks) // (4 * cfg.workers)))
+                for rec in pool.map(_make_sample_star, tasks, chunksize=chunk):
                     records.append(rec)
                     bar.update()
     for r in records:

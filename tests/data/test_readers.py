@@ -11,7 +11,12 @@ from rasterio.transform import from_origin
 from esccs.data import Normalizer, grouped_split, open_dataset, read_bands, scan
 from esccs.data.synth import SynthConfig, synthesize
 from esccs.errors import (
-    BandError, CorruptRasterError, DatasetNotFoundError, DTypeError, GridMismatchError, LabelError,
+    BandError,
+    CorruptRasterError,
+    DatasetNotFoundError,
+    DTypeError,
+    GridMismatchError,
+    LabelError,
 )
 from esccs.io import raster
 from esccs.io.names import PatchName

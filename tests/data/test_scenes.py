@@ -31,7 +31,7 @@ def test_every_class_renders_with_real_dtypes_and_ranges(preset):
 
 
 def test_b09_below_b8a_and_vh_below_vv():
-    for emap, s2, s1 in render("Dense Forests") + render("Herbaceous"):
+    for _emap, s2, s1 in render("Dense Forests") + render("Herbaceous"):
         assert s2[B["B09"]].mean() < s2[B["B8A"]].mean()
         gap = (s1[0] - s1[1]).mean()
         assert 4.5 < gap < 9.5, gap  # VH is 5-9 dB below VV
