@@ -35,6 +35,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	@echo "== 1/3 synthetic data ($(DEMO_SAMPLES) samples, $(DEMO_SIZE) px) -> $(DEMO)/data"
 	$(BIN)/esccs data synth $(DEMO)/data --samples $(DEMO_SAMPLES) --size $(DEMO_SIZE) --patches-per-scene 15 --overwrite
+	$(BIN)/esccs data info $(DEMO)/data
 	@echo "== 2/3 quick look"
 	$(BIN)/esccs data show $(DEMO)/data --out $(DEMO)/quicklook.png
 	@echo "== 3/3 how much each modality tells (probe classifier on held-out target scenes)"
