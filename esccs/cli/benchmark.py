@@ -35,3 +35,57 @@ def synth(samples: int, size: int, workers: int | None, repeats: int, out: Path 
         click.echo(f"wrote {out}")
     else:
         click.echo(json.dumps(r))
+
+
+def _ints(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return out
+
+
+def _names(choices: tuple[str, ...]):
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+        out = tuple(v.strip() for v in value.split(",") if v.strip())
+        bad = [v for v in out if v not in choices]
+        if bad or not out:
+            raise click.BadParameter(f"unknown {', '.join(bad) or 'empty list'}; choose from {','.join(choices)}")
+        return out
+
+    return parse
+
+
+@benchmark.command()
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--batch-sizes", default="256,1024,4096", show_default=True, callback=_ints, help="Batch sizes B.")
+@click.option("--classes", default=10, show_default=True, help="Classes K of the logits (B, K).")
+@click.option("--feat-dim", default=512, show_default=True, help="Feature width of grad_scale's (B, D) input.")
+@click.option("--providers", default="fused,eager,compile", show_default=True,
+              callback=_names(("fused", "eager", "compile")), help="Comma-separated providers.")
+@click.option("--ops", "op_names", default="irm_kd,unimodal_kd,grad_scale", show_default=True,
+              callback=_names(("irm_kd", "unimodal_kd", "grad_scale")), help="Comma-separated ops.")
+@click.option("--min-time", default=0.2, show_default=True, help="Seconds each timed stage lasts at least.")
+@click.option("--time-interpreter", is_flag=True, help="On CPU, time the Triton interpreter too (not a speed).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write rows as JSON.")
+def ops(device: str | None, batch_sizes: tuple[int, ...], classes: int, feat_dim: int, providers: tuple[str, ...],
+        op_names: tuple[str, ...], min_time: float, time_interpreter: bool, out: Path | None) -> None:
+    """Time the fused ops (forward + backward) against eager PyTorch and torch.compile; print a Markdown table."""
+    import torch
+
+    from esccs.benchmarks.ops import bench_ops, format_ops_table, ops_goals
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.UsageError("--device cuda: no CUDA GPU is visible to torch")
+    rows = bench_ops(device=device, batch_sizes=batch_sizes, n_classes=classes, feat_dim=feat_dim,
+                     providers=providers, min_time=min_time, ops=op_names, time_interpreter=time_interpreter)
+    click.echo(format_ops_table(rows))
+    goals = ops_goals(rows)
+    click.echo("\n".join(goals))
+    if out:
+        from esccs.io.atomic import write_json
+
+        write_json(out, {"torch": torch.__version__, "goals": goals, "rows": rows})
+        click.echo(f"wrote {out}")
