@@ -6,7 +6,8 @@ import sys
 import pytest
 
 LEAN = ["esccs", "esccs.spec", "esccs.errors", "esccs.io.raster", "esccs.io.names", "esccs.io.atomic",
-        "esccs.io.labels", "esccs.runtime", "esccs.data.layouts", "esccs.data.dataset", "esccs.data.split",
+        "esccs.io.labels", "esccs.metrics", "esccs.runtime", "esccs.export", "esccs.data.layouts",
+        "esccs.data.dataset", "esccs.data.split",
         "esccs.data.clouds", "esccs.data.speckle", "esccs.data.noise", "esccs.data.synth", "esccs.cli"]
 
 

@@ -26,7 +26,7 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="esccs")
 def cli() -> None:
-    r"""ESCCS: land-cover scene classification under clouds (optical -> optical + SAR transfer).
+    """ESCCS: land-cover scene classification under clouds (optical -> optical + SAR transfer).
 
     \b
     Typical flow:
@@ -37,10 +37,13 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from esccs.cli import benchmark, data
+    from esccs.cli import benchmark, data, export, train
 
     cli.add_command(data.data)
+    cli.add_command(train.train)
+    cli.add_command(train.evaluate)
     cli.add_command(benchmark.benchmark)
+    cli.add_command(export.export)
 
 
 _register()

@@ -13,3 +13,13 @@ def float_list(ctx: click.Context, param: click.Parameter, value: str | None) ->
         return tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") from None
+
+
+def int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """Parse ``0,1,2`` into a tuple of ints, with a one-line error naming the flag."""
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None

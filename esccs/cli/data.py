@@ -39,7 +39,7 @@ def data() -> None:
 def synth(out: Path, samples: int, size: int, cloud_levels, seed: int, classes: str, source_fraction: float,
           patches_per_scene: int, layout: str, workers: int, compress: str, resume: bool, overwrite: bool,
           quiet: bool) -> None:
-    r"""Write a synthetic cloudy optical + SAR data set to OUT, in the real SEN12MS / SEN12MS-CR layouts.
+    """Write a synthetic cloudy optical + SAR data set to OUT, in the real SEN12MS / SEN12MS-CR layouts.
 
     \b
     OUT/source/  cloud-free S2 (13 bands, uint16 L1C DN) + S1 (VV, VH dB) + lc, labelled; its own scenes

@@ -1,0 +1,103 @@
+"""``esccs train`` and ``esccs eval``: the multi-step transfer, its baselines, and their evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from esccs.cli._options import int_list
+
+METHOD_HELP = ("esccs (default), source-only, optical-only, sar-only, kd-s, tlf, tlf-late, kdhn, spl, ttl, cycit, "
+               "gdl, a comma list, or all")
+ABLATION_HELP = "no-irm, irm-a, irm-b, no-filter, step2-filter, source-ref, single-step, a comma list, or all"
+
+
+@click.command()
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Data set from `esccs data synth` (or with the same source/ and target/ parts).")
+@click.option("--out", default="runs/esccs", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: one sub-folder per stage, results/, config.yaml. Existing stages are reused.")
+@click.option("--method", default="esccs", show_default=True, help=METHOD_HELP)
+@click.option("--ablation", default="", help=ABLATION_HELP)
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML config (keys of esccs.train.config.TrainConfig; unknown keys are errors).")
+@click.option("--epochs", type=int, default=None, help="Epochs of every stage (overrides the config).")
+@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
+@click.option("--seeds", callback=int_list, default=None,
+              help="Several seeds, e.g. 0,1,2: one run per seed in OUT/seed<K>/.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Training device.")
+@click.option("--arch", default=None, help="Backbone family: resnet10, resnet18 (default), resnet34.")
+@click.option("--width", type=int, default=None, help="Channels of the first ResNet stage (64 standard; 16 on CPU).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(data: Path, out: Path, method: str, ablation: str, config_path: Path | None, epochs: int | None,
+          seed: int | None, seeds, device: str | None, arch: str | None, width: int | None, quiet: bool) -> None:
+    """Train a method (every stage it needs) and evaluate it on the target test split.
+
+    \b
+    Stages: source (step 0) -> aux_optical, aux_sar (step 1, filtered pseudo-labels) -> target (step 2, IRM).
+    Target labels are never used for training; they score the results (RUN/results/<method>.json).
+    Interrupted? Run the same command again: finished stages are skipped, the current one resumes.
+    """
+    from esccs.train.config import load_config
+    from esccs.train.run import load_banks, resolve_methods
+    from esccs.train.run import train as run_train
+
+    overrides = {"data": str(data), "out": str(out), "device": device, "model.arch": arch, "model.width": width}
+    if epochs is not None:
+        overrides.update({"source.epochs": epochs, "aux.epochs": epochs, "target.epochs": epochs})
+    methods, ablations = resolve_methods(method, ablation)
+    banks = None
+    for s in seeds or [seed]:
+        cfg = load_config(config_path, {**overrides, "seed": s,
+                                        "out": str(out / f"seed{s}") if seeds else str(out)})
+        banks = banks or load_banks(cfg, progress=not quiet)
+        click.echo(f"== {', '.join(methods + [f'ablation:{a}' for a in ablations])} -> {cfg.out} (seed {cfg.seed})")
+        run_train(cfg, methods, ablations, progress=not quiet, banks=banks)
+    click.echo(f"done: results in {out}; next: esccs eval {out} --table accuracy.md")
+
+
+@click.command(name="eval")
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Data set to evaluate a checkpoint on (its target test split).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON to write (checkpoint mode), default: print a summary.")
+@click.option("--table", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Run-folder mode: write the methods x strata table (Markdown) and plots here.")
+@click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Checkpoint mode: also write a confusion-matrix PNG here.")
+def evaluate(target: Path, data: Path | None, out: Path | None, table: Path | None, plots: Path | None) -> None:
+    """Evaluate a checkpoint (TARGET = .safetensors) or summarise run folders (TARGET = RUN).
+
+    \b
+    esccs eval RUN/target/model.safetensors --data DIR --out eval.json   # OA, kappa, F1, confusion, by stratum
+    esccs eval RUN --table accuracy.md                                  # all methods, mean and spread over seeds
+    """
+    from esccs.errors import ConfigError
+    from esccs.io.atomic import write_json
+    from esccs.train import report
+    from esccs.train.evaluate import summary_line
+
+    if target.is_dir():
+        tab = report.write_table([target], table or target / "accuracy.md")
+        for m, row in sorted(tab.items(), key=lambda kv: -kv[1]["oa"][0]):
+            click.echo(f"{m:24s} OA {100 * row['oa'][0]:5.1f} ± {100 * row['oa'][1]:.1f}  "
+                       + "  ".join(f"{s} {100 * row[f'oa:{s}'][0]:5.1f}" for s in report.STRATA))
+        click.echo(f"wrote {table or target / 'accuracy.md'}")
+        return
+    if data is None:
+        raise ConfigError(f"{target}: evaluating a checkpoint needs --data DIR")
+    from esccs.train.run import evaluate_checkpoint
+
+    res = evaluate_checkpoint(target, data)
+    click.echo(summary_line(res["method"], res))
+    if plots:
+        png = report.plot_confusion(res, Path(plots) / f"{res['method']}_confusion.png")
+        click.echo(f"confusion matrix: {png}")
+    if out:
+        write_json(out, res)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(json.dumps({k: res[k] for k in ("overall", "strata")}, default=str)[:2000])

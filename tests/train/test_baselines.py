@@ -1,0 +1,185 @@
+"""Baselines SPL, TTL, CycIT and GDL: end to end on tiny data, resume, no target labels, and their building blocks."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from esccs.data.synth import SynthConfig, synthesize
+from esccs.train.bank import Bank
+from esccs.train.baselines import cycit, gdl, spl, ttl
+from esccs.train.baselines.unet import UNet, ssim
+from esccs.train.config import load_config
+from esccs.train.loop import Trainer
+from esccs.train.methods import METHODS, Context
+from esccs.train.run import load_banks
+
+TINY = {"model.arch": "resnet10", "model.width": 8, "source.epochs": 1, "aux.epochs": 1, "target.epochs": 1,
+        "step1.min_per_class": 2, "source.batch_size": 32, "aux.batch_size": 32, "target.batch_size": 32}
+RECIPES = ("spl", "ttl", "cycit", "gdl")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("baselines")
+    synthesize(SynthConfig(out=root / "d", samples=200, size=32, patches_per_scene=10, workers=1), progress=False)
+    cfg = load_config(None, {"data": str(root / "d"), "out": str(root / "run"), **TINY})
+    return cfg, load_banks(cfg, progress=False)
+
+
+class SpyBank(Bank):
+    """A bank that records reads of what training must not see: labels, clear optical, held-back labels."""
+
+    def __getattribute__(self, name):
+        if name in ("labels", "clear", "meta"):
+            object.__getattribute__(self, "touched").append(name)
+        return object.__getattribute__(self, name)
+
+
+def spy(bank: Bank) -> SpyBank:
+    out = SpyBank(**{f.name: getattr(bank, f.name) for f in dataclasses.fields(bank)})
+    object.__setattr__(out, "touched", [])
+    return out
+
+
+def context(setup, **over) -> Context:
+    cfg, (src, tgt, _) = setup
+    cfg = dataclasses.replace(cfg, **over)
+    return Context(cfg, Path(cfg.out), src, spy(tgt), progress=False)
+
+
+# ------------------------------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_trains_predicts_and_then_loads(setup, name, monkeypatch):
+    cfg, (_, _, test) = setup
+    ctx = context(setup)
+    pred = METHODS[name](ctx)
+    out = pred.fn(test)
+    assert out["logits"].shape == (len(test), len(test.classes))
+    assert torch.isfinite(out["logits"]).all()
+    assert ctx.tgt.touched == []  # never read target labels, clear optical or held-back labels
+    assert pred.checkpoint is not None and pred.checkpoint.exists()
+    assert str(pred.checkpoint).startswith(str(ctx.run / name))
+    mtime = pred.checkpoint.stat().st_mtime_ns
+
+    def no_training(self):
+        raise AssertionError(f"{self.name}: trained again instead of loading")
+
+    monkeypatch.setattr(Trainer, "fit", no_training)
+    again = METHODS[name](context(setup))
+    torch.testing.assert_close(again.fn(test)["logits"], out["logits"])
+    assert pred.checkpoint.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_is_deterministic_for_the_seed(setup, name, tmp_path):
+    _, (_, _, test) = setup
+    source = context(setup).source()  # the shared f_S; each run below trains the baseline's own stages afresh
+    logits = []
+    for run in ("a", "b"):
+        ctx = context(setup, out=str(tmp_path / run))
+        ctx.cache["source"] = source
+        logits.append(METHODS[name](ctx).fn(test)["logits"])
+    torch.testing.assert_close(logits[0], logits[1])
+
+
+def test_cycit_never_reads_target_labels(setup, tmp_path, monkeypatch):
+    _, (_, _, test) = setup
+    ctx = context(setup, out=str(tmp_path))
+    ctx.cache["source"] = context(setup).source()  # reuse f_S
+    ctx.tgt.labels, ctx.tgt.clear, ctx.tgt.meta = None, None, {}  # any use fails, on top of the spy
+    fits = []
+
+    def fit(self):  # the whole data flow of both stages, without the training time
+        fits.append((self.name, sorted(self.data)))
+        return self.model.eval()
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    pred = cycit.cycit(ctx)
+    assert ctx.tgt.touched == []
+    assert fits == [("cycit/translator", ["optical", "sar"]), ("cycit/classifier", ["sar", "sar_t", "target"])]
+    assert (tmp_path / "cycit" / "translator" / "net.safetensors").exists()
+    assert pred.fn(test)["logits"].shape == (len(test), len(test.classes))
+
+
+# ------------------------------------------------------------------------------------------------ building blocks
+def test_ssim_is_one_on_itself_and_falls_with_noise():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 32, 32, generator=g).cumsum(-1) / 4  # some structure
+    assert float(ssim(x, x)) == pytest.approx(1.0, abs=1e-5)
+    scores = [float(ssim(x + s * torch.randn(x.shape, generator=g), x)) for s in (0.05, 0.3, 1.0)]
+    assert 1.0 > scores[0] > scores[1] > scores[2]
+
+
+def test_spl_pace_takes_the_easiest_fraction():
+    scores = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0])
+    assert spl.pace(0, 5, 0.5) == 0.5 and spl.pace(4, 5, 0.5) == 1.0 and spl.pace(2, 5, 0.5) == 0.75
+    assert spl.pace(0, 1) == 1.0
+    assert sorted(spl.curriculum(scores, 0.3).tolist()) == [1, 5, 9]
+    assert sorted(spl.curriculum(scores, spl.pace(0, 5, 0.5)).tolist()) == [1, 3, 5, 7, 9]
+    assert len(spl.curriculum(scores, 1.0)) == 10
+    flat = torch.zeros(1, 2, 8, 8)
+    rough = torch.zeros(1, 2, 8, 8)
+    rough[..., ::2, :] = 1.0
+    tex = spl.texture_complexity(torch.cat([rough, flat]))
+    assert tex[0] > tex[1] and float(tex[1]) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_spl_clouds_and_ttl_domains_are_deterministic(setup):
+    _, (src, tgt, _) = setup
+    small = src.subset(range(4))
+    a, b = spl.synthetic_clouds(small, 0), spl.synthetic_clouds(small, 0)
+    torch.testing.assert_close(a, b)
+    assert a.shape == small.optical.shape and not torch.equal(a, small.optical)
+    i1, i2 = ttl.intermediate_domains(tgt, 0)
+    j1, j2 = ttl.intermediate_domains(tgt, 0)
+    torch.testing.assert_close(i2, j2)
+    assert i1.shape == i2.shape == (len(tgt), 1, *tgt.optical.shape[-2:])
+    assert float(i1.mean()) == pytest.approx(0.0, abs=1e-4) and float(i2.std()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_gradient_reversal_negates_and_scales_the_gradient():
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, dtype=torch.float64)
+    y = cycit.grad_reverse(x, 0.5)
+    torch.testing.assert_close(y, x)  # identity forward
+    (y * w).sum().backward()
+    # numeric gradient of the forward f(x) = sum(w * x), by central differences, then reversed and scaled
+    eps, numeric = 1e-6, torch.zeros_like(w)
+    with torch.no_grad():
+        for i in range(3):
+            for j in range(4):
+                d = torch.zeros_like(x)
+                d[i, j] = eps
+                numeric[i, j] = ((w * (x + d)).sum() - (w * (x - d)).sum()) / (2 * eps)
+    torch.testing.assert_close(x.grad, -0.5 * numeric)
+
+
+def test_gdl_kl_is_zero_at_the_prior_and_positive_elsewhere():
+    zero = torch.zeros(4, 6)
+    assert torch.equal(gdl.gaussian_kl(zero, zero), torch.zeros(4))
+    assert (gdl.gaussian_kl(torch.ones(4, 6), zero) > 0).all()
+    assert (gdl.gaussian_kl(zero, torch.full((4, 6), -1.0)) > 0).all()
+
+
+def test_unet_keeps_the_size_and_starts_as_identity_when_residual():
+    x = torch.randn(2, 5, 20, 20)
+    assert UNet(5, 2, 4)(x).shape == (2, 2, 20, 20)
+    torch.testing.assert_close(UNet(5, 5, 4, residual=True).eval()(x), x)
+    with pytest.raises(ValueError):
+        UNet(5, 2, residual=True)
+
+
+def test_spl_paced_trainer_uses_growing_subsets(tmp_path):
+    seen = []
+
+    def step(model, b):
+        seen.append(b["x"].clone())
+        return model(b["x"]).pow(2).mean(), None, {}
+
+    cfg = dataclasses.replace(load_config(None, {}).aux, epochs=3, batch_size=100, augment=False)
+    x = torch.arange(10.0).view(10, 1, 1, 1)
+    net = torch.nn.Conv2d(1, 1, 1)
+    spl.PacedTrainer(net, {"x": x}, step, cfg, tmp_path, "t", False, scores=torch.arange(10.0), p0=0.4).fit()
+    assert [sorted(s.flatten().tolist()) for s in seen] == [[0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6], list(range(10))]
