@@ -89,3 +89,29 @@ def ops(device: str | None, batch_sizes: tuple[int, ...], classes: int, feat_dim
 
         write_json(out, {"torch": torch.__version__, "goals": goals, "rows": rows})
         click.echo(f"wrote {out}")
+
+
+@benchmark.command(name="train")
+@click.option("--arch", default="resnet10", show_default=True, help="Backbone family.")
+@click.option("--width", default=16, show_default=True, help="Channels of the first ResNet stage.")
+@click.option("--size", default=32, show_default=True, help="Patch size in pixels.")
+@click.option("--batch", default=64, show_default=True, help="Batch size.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--rounds", default=5, show_default=True, help="Alternating rounds over the step kinds.")
+@click.option("--min-time", default=5.0, show_default=True, help="Seconds of timing per step kind in total.")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Also report the samples/s each stage of this run folder achieved (from its log.csv files).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write figures as JSON.")
+def train_speed(arch: str, width: int, size: int, batch: int, device: str | None, rounds: int, min_time: float,
+                run_dir: Path | None, out: Path | None) -> None:
+    """Samples/s per training step kind, and step 2 (IRM + KD) against a plain dual step (goal <= 1.15x)."""
+    from esccs.benchmarks.train import bench_train, format_train, stage_speeds
+
+    r = bench_train(arch, width, size, batch, device, rounds, min_time)
+    stages = stage_speeds(run_dir) if run_dir else None
+    click.echo(format_train(r, stages))
+    if out:
+        from esccs.io.atomic import write_json
+
+        write_json(out, {**r, "stages": stages})
+        click.echo(f"wrote {out}")
