@@ -351,7 +351,8 @@ class _progress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, unit="sample", desc="synth", dynamic_ncols=True)
+            # disable=None: no bar when the output is piped (logs stay readable)
+            self.bar = tqdm(total=total, unit="sample", desc="synth", dynamic_ncols=True, disable=None)
 
     def __enter__(self) -> _progress:
         return self

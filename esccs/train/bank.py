@@ -73,7 +73,7 @@ def load_bank(root: str | Path, part: str | None, bands, *, with_clear: bool = F
 
     with ThreadPoolExecutor(workers) as pool:
         rows = list(tqdm(pool.map(read, range(len(ds))), total=len(ds), desc=f"read {Path(ds.root).name}",
-                         disable=not progress, unit="sample", leave=False))
+                         disable=None if progress else True, unit="sample", leave=False))  # None: off when piped
     opt = torch.from_numpy(np.stack([opt_norm(s["optical"]) for s, _ in rows]))
     sar = torch.from_numpy(np.stack([sar_norm(s["sar"]) for s, _ in rows]))
     labels = torch.tensor([int(s.get("label", -1)) if np.ndim(s.get("label", -1)) == 0 else -1 for s, _ in rows])

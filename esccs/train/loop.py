@@ -183,7 +183,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         bar = tqdm(range(self.steps), desc=f"{self.name} {epoch + 1}/{self.cfg.epochs}", leave=False,
-                   disable=not self.progress, unit="batch")
+                   disable=None if self.progress else True, unit="batch")  # None: off when piped
         for s in bar:
             idx = order[s * self.cfg.batch_size:(s + 1) * self.cfg.batch_size]
             batch = {k: v[idx] for k, v in self.data.items()}
