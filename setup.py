@@ -37,8 +37,12 @@ setup(
         "viz": ["matplotlib>=3.7"],
         # GPU hosts: onnxruntime-gpu provides the same `onnxruntime` module as onnxruntime; install only one of
         # them (pip uninstall onnxruntime first), otherwise whichever was installed last silently wins.
-        "gpu": ["onnxruntime-gpu>=1.17", "tensorrt>=10"],
-        "dev": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "import-linter>=2.1", "ruff>=0.6", "build>=1"],
+        # cuda-python gives the TensorRT runtime its pinned/device buffers, streams and CUDA graphs without torch.
+        "gpu": ["onnxruntime-gpu>=1.17", "tensorrt>=10", "cuda-python>=12"],
+        "parquet": ["pyarrow>=14"],
+        "runtime": ["onnxruntime>=1.17"],  # already in the base install; named so install hints always resolve
+        "dev": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "import-linter>=2.1", "ruff>=0.6", "build>=1",
+                "pyarrow>=14"],
     },
     entry_points={"console_scripts": ["esccs=esccs.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: GIS"],

@@ -10,7 +10,8 @@ from esccs.errors import DependencyMissingError
 #: import name -> the extra that installs it
 EXTRAS: dict[str, str] = {
     "torch": "train", "triton": "train", "safetensors": "train", "onnx": "train", "onnxscript": "train",
-    "matplotlib": "viz", "onnxruntime": "runtime", "tensorrt": "gpu", "yaml": "train",
+    "matplotlib": "viz", "onnxruntime": "runtime", "tensorrt": "gpu", "yaml": "train", "pyarrow": "parquet",
+    "cuda": "gpu",
 }
 
 

@@ -62,5 +62,9 @@ class UnsafePickleError(LabelError):
     """A pickle tried to load something other than plain containers and numbers."""
 
 
+class EngineMismatchError(EsccsError):
+    """A TensorRT engine was built for another TensorRT version or GPU than the one loading it."""
+
+
 class ConfigError(EsccsError, ValueError):
     """A configuration has an unknown key or an invalid value."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from esccs.errors import EsccsError
+from esccs.errors import EngineMismatchError, EsccsError
+
+__all__ = ["EngineMismatchError", "ExportError", "ParityError"]
 
 
 class ExportError(EsccsError):
@@ -11,7 +13,3 @@ class ExportError(EsccsError):
 
 class ParityError(ExportError):
     """The exported model disagrees with PyTorch beyond the tolerance and ``strict`` was set."""
-
-
-class EngineMismatchError(ExportError):
-    """A TensorRT engine was built for another TensorRT version or GPU than the one loading it."""

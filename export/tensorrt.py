@@ -11,15 +11,18 @@ else (versions, GPU, profiles, recipe, source ONNX SHA-256) goes into ``<engine>
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import esccs
-from esccs.errors import ConfigError, DataError, DependencyMissingError
+from esccs.errors import ConfigError, DependencyMissingError
 from esccs.export.errors import EngineMismatchError, ExportError
 from esccs.io.atomic import atomic_path, write_bytes, write_json
+from esccs.io.engine_sidecar import check_engine_sidecar as _check_sidecar
+from esccs.io.engine_sidecar import read_engine_sidecar, sidecar_path, trt_major
+
+__all__ = ["check_engine_sidecar", "sidecar_path", "trt_major"]  # shared with the runtime via esccs.io
 
 SIDECAR_SCHEMA = 1
 HW_COMPAT = {"none": None, "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
@@ -42,14 +45,6 @@ def require_tensorrt():
     except ImportError:
         raise DependencyMissingError("tensorrt", "gpu", "--format trt (also needs a CUDA GPU and driver)") from None
     return tensorrt
-
-
-def trt_major(version: str) -> int:
-    """Major version of a ``tensorrt.__version__`` string (``"10.13.0.35"`` -> 10)."""
-    try:
-        return int(str(version).split(".")[0])
-    except ValueError:
-        raise ExportError(f"cannot read the TensorRT version {version!r}") from None
 
 
 def input_shapes(cfg) -> dict[str, tuple[int, int, int]]:
@@ -102,12 +97,6 @@ def gpu_info() -> dict[str, Any]:
     return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
 
 
-def sidecar_path(engine: str | os.PathLike) -> Path:
-    """``<engine>.json`` (``m.engine`` -> ``m.engine.json``; ``m.json`` is the checkpoint's config)."""
-    engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
-
-
 def engine_sidecar(*, trt_version: str, gpu: dict[str, Any], profiles: dict, recipe: dict, onnx_file: str,
                    onnx_sha256: str, checkpoint_sha256: str, version_compatible: bool, hardware_compat: str,
                    workspace_gb: float, metadata: dict[str, str]) -> dict[str, Any]:
@@ -119,54 +108,11 @@ def engine_sidecar(*, trt_version: str, gpu: dict[str, Any], profiles: dict, rec
             "workspace_gb": workspace_gb, "metadata": metadata}
 
 
-def _cc(text: str) -> tuple[int, int]:
-    major, minor = str(text).split(".")
-    return int(major), int(minor)
-
-
 def check_engine_sidecar(engine_path: str | os.PathLike, trt_version: str | None = None,
                          gpu: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Check an engine's sidecar against the running TensorRT and GPU, *before* deserialising it.
-
-    Args:
-        engine_path: the ``.engine`` file.
-        trt_version: the running TensorRT version (default: ``tensorrt.__version__``).
-        gpu: ``{"name", "compute_capability"}`` of the running GPU (default: CUDA device 0).
-
-    Returns:
-        The sidecar dict.
-
-    Raises:
-        DataError: the sidecar is missing or unreadable.
-        EngineMismatchError: built with another TensorRT version or for another GPU (one line saying which).
-    """
-    side = sidecar_path(engine_path)
-    try:
-        meta = json.loads(side.read_text())
-        built_trt, built_gpu, compat = meta["tensorrt_version"], meta["gpu"], meta["compatibility"]
-    except FileNotFoundError:
-        raise DataError(side, "engine sidecar is missing (rebuild with esccs export --format trt)") from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise DataError(side, f"not an esccs engine sidecar ({type(err).__name__}: {err})") from None
-    trt_version = trt_version or require_tensorrt().__version__
-    gpu = gpu or gpu_info()
-    rebuild = f"rebuild it on this machine: esccs export CKPT --format trt --out {engine_path}"
-    if compat["version_compatible"]:
-        if trt_major(trt_version) < trt_major(built_trt):
-            raise EngineMismatchError(f"{engine_path}: built with TensorRT {built_trt}, this is {trt_version} "
-                                      f"(version-compatible engines run only on the same or later major); {rebuild}")
-    elif trt_version != built_trt:
-        raise EngineMismatchError(f"{engine_path}: built with TensorRT {built_trt}, this is {trt_version}; {rebuild}")
-    cc, built_cc = _cc(gpu["compute_capability"]), _cc(built_gpu["compute_capability"])
-    level = compat["hardware"]
-    ok = {"none": gpu["name"] == built_gpu["name"] and cc == built_cc, "same-cc": cc == built_cc,
-          "ampere+": cc >= (8, 0)}[level]
-    if not ok:
-        raise EngineMismatchError(f"{engine_path}: built for {built_gpu['name']} (compute "
-                                  f"{built_gpu['compute_capability']}, hardware compatibility {level}), this GPU is "
-                                  f"{gpu['name']} (compute "
-                                  f"{gpu['compute_capability']}); {rebuild}")
-    return meta
+    """:func:`esccs.io.engine_sidecar.check_engine_sidecar` with the running TensorRT and GPU as defaults."""
+    read_engine_sidecar(engine_path)  # a missing sidecar is reported before TensorRT or a GPU is needed
+    return _check_sidecar(engine_path, trt_version or require_tensorrt().__version__, gpu or gpu_info())
 
 
 def to_fp16_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> None:

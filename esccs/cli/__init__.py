@@ -37,13 +37,14 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from esccs.cli import benchmark, data, export, train
+    from esccs.cli import benchmark, data, export, infer, train
 
     cli.add_command(data.data)
     cli.add_command(train.train)
     cli.add_command(train.evaluate)
     cli.add_command(benchmark.benchmark)
     cli.add_command(export.export)
+    cli.add_command(infer.infer)
 
 
 _register()

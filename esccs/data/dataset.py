@@ -259,6 +259,15 @@ def read_bands(path: str | os.PathLike, modality: str, bands: Sequence[str],
     return arr, info
 
 
+def file_band_order(info: RasterInfo, modality: str, band_map: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Band names of a file in file order: ``band_map``, else its band descriptions, else the SEN12MS order.
+
+    Raises:
+        BandError, DTypeError: the file is not a ``modality`` stack (one line naming the file).
+    """
+    return _file_order(info, modality, band_map)
+
+
 def _file_order(info: RasterInfo, modality: str, band_map) -> tuple[str, ...]:
     spec = RASTER_SPECS[modality]
     kind = np.dtype(info.dtype).kind

@@ -1,0 +1,97 @@
+"""``esccs infer``: batched dual-modality inference over GeoTIFF tiles or a large scene (torch-free runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+#: exit status when the run finished but some tiles failed (their reasons are in the errors file)
+EXIT_TILES_FAILED = 3
+
+
+@click.command()
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "-m", "model_path", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Exported model: .onnx, .engine (+ its .json sidecar) or a .safetensors checkpoint.")
+@click.option("--sar", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Scene mode: the SAR GeoTIFF paired with the optical scene SRC (same grid).")
+@click.option("--cloud-mask", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Scene mode: an optional cloud mask on the same grid (0 clear, 1 thick, 2 thin, 3 shadow).")
+@click.option("--stride", type=int, default=None, help="Scene mode: window step in pixels (default: the patch size).")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt", "torch"]), default="auto",
+              show_default=True, help="Inference engine (auto: from the model's file type).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto uses a GPU when the backend can.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--out", "-o", "outs", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Results table(s): .csv, .geojson (EPSG:4326) or .parquet; repeat for several "
+                   "[default: predictions.csv].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run: tiles already in the manifest are skipped.")
+@click.option("--overwrite", is_flag=True, help="Discard earlier results at the same outputs and start again.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Reader threads (GDAL decodes in parallel; on a GPU host use more).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads of the backend [default: all cores this process may use].")
+@click.option("--part", default=None, help="Part of an `esccs data synth` folder (default: target).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N tiles (smoke runs).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def infer(src: Path, model_path: Path, sar: Path | None, cloud_mask: Path | None, stride: int | None, backend: str,
+          device: str, batch_size: int, outs: tuple[Path, ...], resume: bool, overwrite: bool, workers: int,
+          threads: int | None, part: str | None, limit: int | None, quiet: bool) -> None:
+    """Classify every tile of SRC (a folder) or every window of a scene (SRC = optical GeoTIFF with --sar).
+
+    \b
+    SRC may be:
+      a SEN12MS / SEN12MS-CR folder (the cloudy S2 is used when present), a paired folder
+      (optical/, sar/, optional cloud_mask/), an `esccs data synth` folder, or an optical scene GeoTIFF
+      with --sar (sliding window -> <out>.class.tif + <out>.confidence.tif on the scene's grid).
+    \b
+    Per tile: class, confidence, top-3, modality weights (optical, SAR), cloud coverage (mask or estimated),
+    footprint. Beside the first output: <out>.summary.json, <out>.errors.csv, <out>.manifest.jsonl (done list).
+    A tile without its SAR partner, or bad in any way, is skipped with a one-line reason and the run goes on.
+    \b
+    Exit status: 0 all tiles classified; 3 finished but some tiles failed (see the errors file); 1 the run
+    could not start or stopped (interrupted? rerun with --resume).
+    \b
+    esccs infer demo/data --model demo/model.onnx --out demo/predictions.csv --out demo/predictions.geojson
+    esccs infer scene_s2.tif --sar scene_s1.tif --model model.onnx --out scene.csv
+    """
+    from esccs.runtime import InferOptions, load_model, open_scene, open_tiles, run_inference
+
+    outputs = list(outs) or [Path("predictions.csv")]
+    model = load_model(model_path, backend=backend, device=device, threads=threads)
+    if src.is_file():
+        if sar is None:
+            raise click.UsageError("SRC is a file: scene mode needs its SAR partner (--sar SAR.tif)")
+        source = open_scene(src, sar, model.info.patch_size, stride, cloud_mask)
+        where = (f"scene {source.grid['width']}x{source.grid['height']} px -> {source.grid['rows']}x"
+                 f"{source.grid['cols']} windows of {model.info.patch_size} px, stride {source.grid['stride']}"
+                 f"{'' if source.grid['block_aligned'] else ' (windows not aligned to the file blocks: slower reads)'}")
+    else:
+        if sar or cloud_mask or stride:
+            raise click.UsageError("--sar, --cloud-mask and --stride are for scene mode (SRC = an optical GeoTIFF)")
+        source = open_tiles(src, part)
+        where = f"{len(source.jobs)} tiles ({source.layout} layout) in {source.root}"
+    click.echo(f"model: {model.describe()}", err=True)
+    click.echo(f"input: {where}" + (f"; {len(source.skipped)} files unpaired" if source.skipped else ""), err=True)
+    opts = InferOptions(batch_size=batch_size, readers=workers, resume=resume, overwrite=overwrite,
+                        progress=not quiet, limit=limit)
+    try:
+        s = run_inference(source, model, outputs, opts)
+    except KeyboardInterrupt:
+        raise click.ClickException("interrupted; finished tiles are in the manifest: rerun with --resume") from None
+    finally:
+        model.close()
+    click.echo(f"classified {s['classified']} of {s['jobs']} tiles, {s['failed']} failed, "
+               f"{s['tiles_per_second']} tiles/s this run ({s['seconds']} s; backend alone "
+               f"{s['backend_tiles_per_second']} tiles/s), peak RSS {s['peak_rss_mb']} MiB")
+    for path in s["outputs"]:
+        click.echo(f"wrote {path}")
+    click.echo(f"summary: {s['manifest'].replace('.manifest.jsonl', '.summary.json')}")
+    if s["failed"]:
+        for why, n in sorted(s["failure_reasons"].items(), key=lambda kv: -kv[1]):
+            click.echo(f"  {n} x {why}", err=True)
+        click.echo(f"{s['failed']} tiles failed: see {s['errors_file']}", err=True)
+        raise SystemExit(EXIT_TILES_FAILED)
