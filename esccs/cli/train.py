@@ -11,7 +11,8 @@ from esccs.cli._options import int_list
 
 METHOD_HELP = ("esccs (default), source-only, optical-only, sar-only, kd-s, tlf, tlf-late, kdhn, spl, ttl, cycit, "
                "gdl, a comma list, or all")
-ABLATION_HELP = "no-irm, irm-a, irm-b, no-filter, step2-filter, source-ref, single-step, a comma list, or all"
+ABLATION_HELP = ("no-irm, irm-a, irm-b, no-filter, maxprob-filter, step2-filter, source-ref, single-step, a comma list, "
+                 "or all")
 
 
 @click.command()

@@ -106,6 +106,7 @@ ABLATIONS: dict[str, dict] = {
     "irm-a": {"irm_b": False},  # teacher weights only
     "irm-b": {"gamma": 0.0},  # gradient balancing only
     "no-filter": {"policy": "none"},  # step-1 pseudo-labels unfiltered
+    "maxprob-filter": {"policy": "maxprob"},  # method.md's confidence threshold (tau) + class floor
     "step2-filter": {"filter": True},  # filter step 2 too (the paper says worse)
     "source-ref": {"reference": "source"},  # reference label from the source model only
 }

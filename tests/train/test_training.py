@@ -103,6 +103,15 @@ def test_every_stage_runs_and_beats_chance(data, banks, tmp_path):
     acc = (out["logits"].argmax(1) == test.labels).float().mean()
     assert acc > chance, acc  # step 2
     assert torch.allclose(out["w_o"] + out["w_s"], torch.ones(len(test)))
+    # the IRM on the trained tiny models (seeded): fully clouded patches lean on SAR, clear ones less so
+    full, clear = test.coverage >= 0.95, test.coverage < 0.05
+    assert full.any() and clear.any()
+    irm = st.irm_inputs(st.teacher_logits(ctx.source(), s1["aux_o"], s1["aux_s"], test), cfg.step2)
+    torch.testing.assert_close(irm["pi"].sum(1), torch.ones(len(test)))
+    assert irm["pi"][full, 2].mean() > irm["pi"][clear, 2].mean()  # pi^R rises under full cloud
+    assert out["w_s"][full].mean() > out["w_s"][clear].mean()  # the target's SAR weight rises too
+    weaker = torch.where(irm["rho"] > 1, 1, 0)  # rho > 1: optical superior, so SAR (column 1) is the weaker one
+    assert torch.all(irm["k"].gather(1, weaker[:, None]) == 1)  # k = 1 for the weaker modality
     for name in ("source", "aux_optical", "aux_sar", "target"):
         assert (tmp_path / "run" / name / "model.safetensors").exists()
         assert (tmp_path / "run" / name / "log.csv").read_text().count("\n") == 1 + cfg.loop(
