@@ -142,6 +142,7 @@ def run_inference(source: Source, model: Model, outputs: list[Path], opts: Infer
     if source.kind == "scene":
         written += list(out_mod.write_scene_maps(side["base"], source.grid, ok, model.info.classes))
     summary = _summary(source, model, opts, stats, wall, len(jobs), len(done), ok, bad, written, side, gdal)
+    summary["finalize_seconds"] = round(time.perf_counter() - t0 - wall, 3)  # tables rendered from the manifest
     out_mod.write_summary(side["summary"], summary)
     return summary
 
