@@ -13,6 +13,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 DEMO ?= demo
 DEMO_SAMPLES ?= 2000
 DEMO_SIZE ?= 32
+DEMO_BENCH_TIME ?= 0.3
 
 .PHONY: demo test install lint bench clean
 
@@ -33,21 +34,27 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 demo: $(STAMP)
-	@echo "== 1/6 synthetic data ($(DEMO_SAMPLES) samples, $(DEMO_SIZE) px) -> $(DEMO)/data"
+	@echo "== 1/8 synthetic data ($(DEMO_SAMPLES) samples, $(DEMO_SIZE) px) -> $(DEMO)/data"
 	$(BIN)/esccs data synth $(DEMO)/data --samples $(DEMO_SAMPLES) --size $(DEMO_SIZE) --patches-per-scene 20 --overwrite
 	$(BIN)/esccs data info $(DEMO)/data
-	@echo "== 2/6 quick look"
+	@echo "== 2/8 quick look"
 	$(BIN)/esccs data show $(DEMO)/data --out $(DEMO)/quicklook.png
-	@echo "== 3/6 how much each modality tells (probe classifier on held-out target scenes)"
+	@echo "== 3/8 how much each modality tells (probe classifier on held-out target scenes)"
 	$(BIN)/esccs data probe $(DEMO)/data --out $(DEMO)/probe.json
-	@echo "== 4/6 ESCCS: source -> step 1 (filtered pseudo-labels, two auxiliaries) -> step 2 (IRM distillation)"
+	@echo "== 4/8 ESCCS: source -> step 1 (filtered pseudo-labels, two auxiliaries) -> step 2 (IRM distillation)"
 	rm -rf $(DEMO)/run
 	$(BIN)/esccs train --data $(DEMO)/data --out $(DEMO)/run --method esccs,source-only,sar-only,tlf --config configs/demo.yaml --quiet
 	$(BIN)/esccs eval $(DEMO)/run/target/model.safetensors --data $(DEMO)/data --out $(DEMO)/eval.json --plots $(DEMO)
-	@echo "== 5/6 export: ONNX (parity-checked against torch) and INT8 ONNX"
+	@echo "== 5/8 export: ONNX (parity-checked against torch) and INT8 ONNX"
 	$(BIN)/esccs export $(DEMO)/run/target/model.safetensors --format onnx --data $(DEMO)/data --out $(DEMO)/model.onnx
 	$(BIN)/esccs export $(DEMO)/run/target/model.safetensors --format onnx-int8 --data $(DEMO)/data --out $(DEMO)/model.int8.onnx
-	@echo "== 6/6 done: $(DEMO)/quicklook.png, $(DEMO)/run/results/, $(DEMO)/eval.json, $(DEMO)/model.onnx"
+	@echo "== 6/8 inference over the demo tiles with the torch-free runtime (onnxruntime)"
+	$(BIN)/esccs infer $(DEMO)/data --model $(DEMO)/model.onnx --out $(DEMO)/predictions.csv --out $(DEMO)/predictions.geojson --overwrite --quiet
+	@echo "== 7/8 benchmark: torch eager vs onnxruntime fp32 / INT8, backend-only and esccs infer end to end (short)"
+	$(BIN)/esccs benchmark --model $(DEMO)/model.onnx --data $(DEMO)/data \
+		--checkpoint $(DEMO)/run/target/model.safetensors --device cpu --batch-sizes 1,32 \
+		--min-time $(DEMO_BENCH_TIME) --warmup 0.1 --min-iters 5 --out $(DEMO)/benchmark
+	@echo "== 8/8 done: $(DEMO)/quicklook.png, $(DEMO)/run/results/, $(DEMO)/eval.json, $(DEMO)/model.onnx, $(DEMO)/predictions.*, $(DEMO)/benchmark/report.html"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -6,11 +6,142 @@ import json
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 
-@click.group()
-def benchmark() -> None:
-    """Measure speed and quality; print the figures and optionally save them as JSON."""
+def _ints(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not out or min(out) < 1:
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return out
+
+
+def _names(choices: tuple[str, ...]):
+    def parse(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+        out = tuple(v.strip() for v in value.split(",") if v.strip())
+        bad = [v for v in out if v not in choices]
+        if bad or not out:
+            raise click.BadParameter(f"unknown {', '.join(bad) or 'empty list'}; choose from {','.join(choices)}")
+        return out
+
+    return parse
+
+
+BACKEND_NAMES = ("torch", "torch-compile", "torch-cudagraphs", "onnxruntime", "onnxruntime-int8", "tensorrt")
+PRECISION_NAMES = ("fp32", "fp16", "bf16", "int8")
+#: the grid options of `esccs benchmark` itself (not allowed before a subcommand)
+GRID_OPTIONS = ("model", "data", "checkpoint", "int8_model", "backends", "batch_sizes", "precisions", "device",
+                "threads", "min_time", "warmup", "min_iters", "eval_samples", "e2e_batch_sizes", "readers", "out")
+
+
+def _optional(parse):
+    def wrapped(ctx: click.Context, param: click.Parameter, value: str | None):
+        return None if value is None else parse(ctx, param, value)
+
+    return wrapped
+
+
+def _e2e_sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...] | None:
+    if value.strip().lower() == "all":
+        return None
+    if value.strip().lower() == "none":
+        return ()
+    return _ints(ctx, param, value)
+
+
+@click.group(invoke_without_command=True, no_args_is_help=True)
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The fp32 ONNX model M (`esccs export`). Its siblings M.int8.onnx and M.engine / "
+                   "M.<precision>.engine are the INT8 and TensorRT artifacts.")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Labelled data folder: accuracy on its test split, end-to-end runs over its tiles.")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The .safetensors M was exported from (torch rows, the fp32 reference). Default: the one "
+                   "named in M's export sidecar or found beside M (its sha256 must match M's metadata).")
+@click.option("--int8-model", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="INT8 ONNX for the onnxruntime-int8 rows [default: M.int8.onnx].")
+@click.option("--backends", default=None, callback=_optional(_names(BACKEND_NAMES)),
+              help="Comma-separated, from " + ", ".join(BACKEND_NAMES) + " [default: torch,onnxruntime,"
+                   "onnxruntime-int8,tensorrt; on cuda also torch-cudagraphs].")
+@click.option("--batch-sizes", default=None, callback=_optional(_ints),
+              help="Comma-separated batch sizes [default: 1,8,32,128; on cuda 1,8,32,64,128].")
+@click.option("--precisions", default=None, callback=_optional(_names(PRECISION_NAMES)),
+              help="Comma-separated, crossed with the backends that run them [default: fp32,int8; on cuda "
+                   "fp32,fp16,bf16,int8]. fp16/bf16 are torch autocast or TensorRT engines (CUDA only).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU intra-op threads of every backend [default: all cores this process may use].")
+@click.option("--min-time", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Minimum seconds of steady-state timing per row (and per end-to-end measurement).")
+@click.option("--warmup", type=click.FloatRange(min=0), default=0.2, show_default=True,
+              help="Warm-up seconds per row (at least one batch; discarded).")
+@click.option("--min-iters", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Minimum timed batches per row.")
+@click.option("--eval-samples", type=click.IntRange(min=1), default=None,
+              help="Cap on the labelled tiles of the accuracy pass [default: the whole test split].")
+@click.option("--e2e-batch-sizes", default="all", show_default=True, callback=_e2e_sizes,
+              help="Batch sizes with an end-to-end run of esccs infer's pipeline: all, none, or a list.")
+@click.option("--readers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Reader threads of the end-to-end pipeline (esccs infer --workers).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for report.md, report.json and report.html [default: benchmark-report/].")
+@click.pass_context
+def benchmark(ctx: click.Context, model_path: Path | None, data: Path | None, checkpoint: Path | None,
+              int8_model: Path | None, backends: tuple[str, ...] | None, batch_sizes: tuple[int, ...] | None,
+              precisions: tuple[str, ...] | None, device: str | None, threads: int | None, min_time: float,
+              warmup: float, min_iters: int, eval_samples: int | None, e2e_batch_sizes: tuple[int, ...] | None,
+              readers: int, out: Path | None) -> None:
+    """Benchmark inference backends side by side, or run one of the benchmark subcommands below.
+
+    \b
+    esccs benchmark --model M --data DIR [--backends ...] [--batch-sizes ...] [--precisions ...] [--out report/]
+    For every backend x precision x batch size: latency p50/p90/p99 and mean (per batch and per tile),
+    throughput, speedup against torch eager fp32 measured in the same run, per-stage breakdown, peak RSS and
+    GPU memory, accuracy (OA, kappa) and parity with the torch fp32 reference, and `esccs infer`'s own pipeline
+    end to end beside the backend-only figures. A backend that fails is a row with its error; the run goes on.
+    Prints the results table; writes report.md, report.json and report.html (plots embedded) into --out.
+    \b
+    esccs benchmark --model demo/model.onnx --data demo/data --checkpoint demo/run/target/model.safetensors
+    esccs benchmark --model m.onnx --data data/ --device cuda --backends torch,torch-cudagraphs,tensorrt
+    \b
+    Subcommands (esccs benchmark COMMAND --help): synth, ops, train, infer.
+    """
+    if ctx.invoked_subcommand is not None:
+        given = [f"--{n.replace('_', '-')}" for n in GRID_OPTIONS
+                 if ctx.get_parameter_source(n if n != "model" else "model_path") != ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} belong to the backend grid (esccs benchmark --model M "
+                                   f"--data DIR), not to `esccs benchmark {ctx.invoked_subcommand}`")
+        return
+    if model_path is None or data is None:
+        raise click.UsageError("the backend grid needs --model M and --data DIR (or name a subcommand: synth, ops, "
+                               "train, infer)")
+    import shlex
+    import sys
+
+    from esccs.benchmarks.engines import BackendError
+    from esccs.benchmarks.inference import BenchConfig, run_benchmark
+    from esccs.benchmarks.report import terminal_text, write_report
+
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = BenchConfig(model=model_path, data=data, checkpoint=checkpoint, int8_model=int8_model, backends=backends,
+                      batch_sizes=batch_sizes, precisions=precisions, device=device, min_time=min_time,
+                      warmup=warmup, min_iters=min_iters, threads=threads, eval_samples=eval_samples,
+                      e2e_batch_sizes=e2e_batch_sizes, readers=readers,
+                      command=shlex.join(["esccs", *sys.argv[1:]]) if sys.argv[1:2] == ["benchmark"] else "")
+    try:
+        report = run_benchmark(cfg, log=lambda m: click.echo(m, err=True))
+    except BackendError as err:
+        raise click.ClickException(str(err)) from None
+    paths = write_report(report, out or Path("benchmark-report"))
+    click.echo(terminal_text(report))
+    click.echo(f"wrote {paths['md']}, {paths['json']}, {paths['html']}")
 
 
 @benchmark.command()
@@ -35,27 +166,6 @@ def synth(samples: int, size: int, workers: int | None, repeats: int, out: Path 
         click.echo(f"wrote {out}")
     else:
         click.echo(json.dumps(r))
-
-
-def _ints(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not out or min(out) < 1:
-        raise click.BadParameter(f"expected positive integers, got {value!r}")
-    return out
-
-
-def _names(choices: tuple[str, ...]):
-    def parse(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
-        out = tuple(v.strip() for v in value.split(",") if v.strip())
-        bad = [v for v in out if v not in choices]
-        if bad or not out:
-            raise click.BadParameter(f"unknown {', '.join(bad) or 'empty list'}; choose from {','.join(choices)}")
-        return out
-
-    return parse
 
 
 @benchmark.command()
@@ -114,4 +224,37 @@ def train_speed(arch: str, width: int, size: int, batch: int, device: str | None
         from esccs.io.atomic import write_json
 
         write_json(out, {**r, "stages": stages})
+        click.echo(f"wrote {out}")
+
+
+@benchmark.command(name="infer")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Tiles to read (any layout `esccs infer` takes; the target part of a synth folder).")
+@click.option("--model", "model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Exported ONNX model. Default: a random-weight --arch model exported at the tiles' size.")
+@click.option("--arch", default="dual_resnet18", show_default=True, help="Without --model: the architecture.")
+@click.option("--width", default=64, show_default=True, help="Without --model: channels of the first stage.")
+@click.option("--tiles", "counts", default="1000,20000", show_default=True, callback=_ints,
+              help="Tile counts of the end-to-end runs (peak RSS should stay flat across them).")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--workers", default=1, show_default=True, help="Reader threads of `esccs infer`.")
+@click.option("--threads", type=int, default=None, help="Backend CPU threads (default: all cores).")
+@click.option("--min-time", default=5.0, show_default=True, help="Seconds of backend-only timing.")
+@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for hard-linked tile sets and outputs (default /tmp/esccs-bench-infer).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write figures as JSON.")
+def infer_speed(data: Path, model_path: Path | None, arch: str, width: int, counts: tuple[int, ...], batch_size: int,
+                workers: int, threads: int | None, min_time: float, scratch: Path | None, out: Path | None) -> None:
+    """`esccs infer` end to end vs its backend alone (goal >= 0.85x on 2 cores), and peak RSS vs tile count."""
+    from esccs.benchmarks.infer import bench_infer, random_model
+
+    scratch = scratch or Path("/tmp/esccs-bench-infer")
+    if model_path is None:
+        model_path = random_model(data, arch, width, scratch)
+        click.echo(f"model: random-weight {arch} width {width} -> {model_path}")
+    r = bench_infer(model_path, data, counts, batch_size, workers, threads, scratch, min_time, log=click.echo)
+    if out:
+        from esccs.io.atomic import write_json
+
+        write_json(out, r)
         click.echo(f"wrote {out}")

@@ -151,17 +151,17 @@ class TensorRTBackend:
         key = (rows, slot)
         if not self.use_graphs:
             self._bind(rows, slot)
-            if not self.context.execute_async_v3(self.stream):
+            if not self.context.execute_async_v3(int(self.stream)):
                 raise BackendUnavailableError("TensorRT execute_async_v3 failed")
             return
         if key not in self.graphs:
             self._bind(rows, slot)
-            self.context.execute_async_v3(self.stream)  # trtexec: one plain enqueue before capture
+            self.context.execute_async_v3(int(self.stream))  # trtexec: one plain enqueue before capture
             _check(cudart.cudaStreamSynchronize(self.stream))
             try:
                 _check(cudart.cudaStreamBeginCapture(
                     self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
-                self.context.execute_async_v3(self.stream)
+                self.context.execute_async_v3(int(self.stream))
                 graph = _check(cudart.cudaStreamEndCapture(self.stream))
                 self.graphs[key] = _check(cudart.cudaGraphInstantiate(graph, 0))
             except BackendUnavailableError:

@@ -1,0 +1,144 @@
+"""``esccs benchmark infer``: the runtime's end-to-end throughput against its backend alone, and memory vs tile count.
+
+Backend-only: ``Model.predict`` on one batch of real tiles held in memory (same model, same threads), warm-up then a
+minimum duration, median batch time. End-to-end: ``esccs infer`` itself, run as a fresh subprocess per tile count
+(so each has its own peak RSS), reading GeoTIFFs, classifying and writing CSV + manifest; its tiles/s is taken
+over the processing loop (model load excluded) from the run summary. Both use the page cache warm: the first
+pass over the tiles is not timed.
+
+More tiles than the data set holds are made by hard-linking its files under new ids in a paired-layout scratch
+folder (same bytes, same decode cost, no extra disk), which the report says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from esccs.runtime import load_model, open_tiles
+from esccs.runtime.reader import Bands, TileReader, configure_gdal
+
+
+def tile_folder(src: Path, n: int, scratch: Path, part: str | None = None) -> Path:
+    """A paired-layout folder with ``n`` tiles: ``src``'s own tiles, hard-linked round-robin under new ids."""
+    source = open_tiles(src, part)
+    jobs = [j for j in source.jobs if j.sar]
+    if not jobs:
+        raise ValueError(f"{src}: no tiles with a SAR partner")
+    root = scratch / f"tiles_{n}"
+    if (root / ".complete").exists():
+        return root
+    for sub in ("optical", "sar", "cloud_mask"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for k in range(n):
+        job = jobs[k % len(jobs)]
+        for sub, path in (("optical", job.optical), ("sar", job.sar), ("cloud_mask", job.mask)):
+            if path:
+                dst = root / sub / f"t{k:06d}.tif"
+                if not dst.exists():
+                    os.link(path, dst)
+    (root / "dataset.json").write_text(json.dumps({"schema": 1, "layout": "paired", "optical": "s2_cloudy"}))
+    (root / ".complete").write_text("")
+    return root
+
+
+def backend_only(model_path: Path, folder: Path, batch: int, threads: int | None, min_time: float = 5.0,
+                 warmup: float = 1.0) -> dict[str, Any]:
+    """Median tiles/s of ``Model.predict`` on one preloaded batch of real raw tiles."""
+    model = load_model(model_path, threads=threads)
+    configure_gdal()
+    info = model.info
+    jobs = open_tiles(folder).jobs[:batch]
+    reader = TileReader(Bands(info.optical_bands, info.sar_bands, info.patch_size))
+    p = info.patch_size
+    opt = np.empty((len(jobs), len(info.optical_bands), p, p), np.float32)
+    sar = np.empty((len(jobs), len(info.sar_bands), p, p), np.float32)
+    for i, job in enumerate(jobs):
+        reader.read(job, opt[i], sar[i])
+    t_end = time.perf_counter() + warmup
+    while time.perf_counter() < t_end:
+        model.predict(opt, sar)
+    times: list[float] = []
+    t_end = time.perf_counter() + min_time
+    while time.perf_counter() < t_end or len(times) < 10:
+        t = time.perf_counter()
+        model.predict(opt, sar)
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"batch": len(jobs), "iterations": len(times), "median_batch_ms": round(med * 1e3, 3),
+            "tiles_per_second": round(len(jobs) / med, 2), "settings": model.backend.settings}
+
+
+def end_to_end(model_path: Path, folder: Path, batch: int, workers: int, threads: int | None,
+               out_dir: Path) -> dict[str, Any]:
+    """Run ``esccs infer`` in a subprocess over ``folder``; return its summary (tiles/s, peak RSS ...)."""
+    out = out_dir / f"{folder.name}.csv"
+    cmd = [sys.executable, "-c", "from esccs.cli import main; main()", "infer", str(folder), "--model",
+           str(model_path), "--out", str(out), "--batch-size", str(batch), "--workers", str(workers), "--overwrite",
+           "--quiet"] + (["--threads", str(threads)] if threads else [])
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode not in (0, 3):
+        raise RuntimeError(f"esccs infer failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
+    summary = json.loads(out.with_name(out.stem + ".summary.json").read_text())
+    summary["process_wall_s"] = round(wall, 2)
+    summary["command"] = " ".join(["esccs"] + cmd[3:])
+    return summary
+
+
+def bench_infer(model: Path, data: Path, counts: tuple[int, ...] = (1000, 20000), batch: int = 32,
+                workers: int = 1, threads: int | None = None, scratch: Path | None = None,
+                min_time: float = 5.0, log=print) -> dict[str, Any]:
+    """The whole comparison: backend-only once, end-to-end per tile count (warm-cache pass first)."""
+    scratch = Path(scratch or Path("/tmp") / "esccs-bench-infer")
+    scratch.mkdir(parents=True, exist_ok=True)
+    folders = {n: tile_folder(data, n, scratch) for n in counts}
+    log(f"tile folders: {', '.join(f'{n} -> {p}' for n, p in folders.items())}")
+    end_to_end(model, folders[min(counts)], batch, workers, threads, scratch)  # warm the page cache and imports
+    bo = backend_only(model, folders[min(counts)], batch, threads, min_time)
+    log(f"backend only: {bo['tiles_per_second']} tiles/s (batch {bo['batch']}, median of {bo['iterations']})")
+    runs = {}
+    for n in counts:
+        s = end_to_end(model, folders[n], batch, workers, threads, scratch)
+        runs[n] = {k: s[k] for k in ("jobs", "classified", "failed", "seconds", "tiles_per_second",
+                                      "backend_tiles_per_second", "waiting_for_reads_seconds", "peak_rss_mb",
+                                      "backend_settings", "readers", "batch_size", "finalize_seconds", "process_wall_s",
+                                      "command")}
+        runs[n]["ratio_to_backend_only"] = round(s["tiles_per_second"] / bo["tiles_per_second"], 3)
+        log(f"end to end, {n} tiles: {s['tiles_per_second']} tiles/s = {runs[n]['ratio_to_backend_only']} x "
+            f"backend only; peak RSS {s['peak_rss_mb']} MiB")
+    rss = [runs[n]["peak_rss_mb"] for n in counts]
+    return {"model": str(model), "data": str(data), "tile_folders": {str(n): str(p) for n, p in folders.items()},
+            "tiles_note": "tiles beyond the data set are hard links of its files under new ids (same decode cost)",
+            "cores": len(os.sched_getaffinity(0)), "backend_only": bo,
+            "end_to_end": {str(n): r for n, r in runs.items()},
+            "rss_change": round(max(rss) / min(rss) - 1, 3) if len(rss) > 1 else None,
+            "goals": {"e2e_over_backend_only": 0.85, "rss_flat_within": 0.10}}
+
+
+def random_model(data: Path, arch: str, width: int, scratch: Path) -> Path:
+    """Export a random-weight dual model at the tiles' patch size (speed does not depend on the weights)."""
+    import rasterio
+
+    from esccs.export import export_model
+    from esccs.models import create_model, save_checkpoint
+
+    job = open_tiles(data).jobs[0]
+    with rasterio.open(job.optical) as src:
+        size = src.width
+    name = f"{arch}_w{width}_{size}px"
+    onnx = scratch / f"{name}.onnx"
+    if not onnx.exists():
+        model = create_model(arch, width=width, patch_size=size, classes="sen12ms_cloud", normalization="sen12ms")
+        ckpt = save_checkpoint(scratch / f"{name}.safetensors", model.eval())
+        export_model(ckpt, "onnx", out=onnx)
+    return onnx
