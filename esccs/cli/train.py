@@ -11,8 +11,8 @@ from esccs.cli._options import int_list
 
 METHOD_HELP = ("esccs (default), source-only, optical-only, sar-only, kd-s, tlf, tlf-late, kdhn, spl, ttl, cycit, "
                "gdl, a comma list, or all")
-ABLATION_HELP = ("no-irm, irm-a, irm-b, no-filter, maxprob-filter, step2-filter, source-ref, single-step, a comma list, "
-                 "or all")
+ABLATION_HELP = ("no-irm, irm-a, irm-b, no-filter, maxprob-filter, step2-filter, source-ref, single-step, "
+                 "a comma list, or all")
 
 
 @click.command()
@@ -69,7 +69,10 @@ def train(data: Path, out: Path, method: str, ablation: str, config_path: Path |
               help="Run-folder mode: write the methods x strata table (Markdown) and plots here.")
 @click.option("--plots", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Checkpoint mode: also write a confusion-matrix PNG here.")
-def evaluate(target: Path, data: Path | None, out: Path | None, table: Path | None, plots: Path | None) -> None:
+@click.option("--notes", default="",
+              help="Run-folder mode: a paragraph under the table's title (data, sizes, commands).")
+def evaluate(target: Path, data: Path | None, out: Path | None, table: Path | None, plots: Path | None,
+             notes: str) -> None:
     """Evaluate a checkpoint (TARGET = .safetensors) or summarise run folders (TARGET = RUN).
 
     \b
@@ -82,7 +85,7 @@ def evaluate(target: Path, data: Path | None, out: Path | None, table: Path | No
     from esccs.train.evaluate import summary_line
 
     if target.is_dir():
-        tab = report.write_table([target], table or target / "accuracy.md")
+        tab = report.write_table([target], table or target / "accuracy.md", notes=notes)
         for m, row in sorted(tab.items(), key=lambda kv: -kv[1]["oa"][0]):
             click.echo(f"{m:24s} OA {100 * row['oa'][0]:5.1f} ± {100 * row['oa'][1]:.1f}  "
                        + "  ".join(f"{s} {100 * row[f'oa:{s}'][0]:5.1f}" for s in report.STRATA))
