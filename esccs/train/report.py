@@ -101,17 +101,23 @@ def plot_accuracy(table: dict, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     bins = [b[0] for b in COVERAGE_BINS]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for m in sorted(table, key=lambda m: -table[m]["oa"][0]):
-        mean = [100 * table[m][f"oa:{b}"][0] for b in bins]
-        std = [100 * table[m][f"oa:{b}"][1] for b in bins]
-        ax.errorbar(range(len(bins)), mean, yerr=std, marker="o", capsize=2, lw=2.2 if m == "esccs" else 1,
-                    label=m)
-    ax.set_xticks(range(len(bins)), bins)
-    ax.set_xlabel("cloud cover of the target patch")
-    ax.set_ylabel("overall accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    groups = {"methods": [m for m in table if not m.startswith("ablation:")],
+              "ESCCS ablations": ["esccs"] + [m for m in table if m.startswith("ablation:")]}
+    colors = plt.get_cmap("tab20").colors
+    for ax, (title, names) in zip(axes, groups.items()):
+        for k, m in enumerate(sorted(names, key=lambda m: -table[m]["oa"][0])):
+            mean = [100 * table[m][f"oa:{b}"][0] for b in bins]
+            std = [100 * table[m][f"oa:{b}"][1] for b in bins]
+            ax.errorbar(range(len(bins)), mean, yerr=std, marker="os^Dv<>"[k % 7], capsize=2,
+                        lw=2.6 if m == "esccs" else 1, color="black" if m == "esccs" else colors[k % len(colors)],
+                        label=m.replace("ablation:", ""))
+        ax.set_xticks(range(len(bins)), bins)
+        ax.set_xlabel("cloud cover of the target patch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    axes[0].set_ylabel("overall accuracy (%), mean ± std over seeds")
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
