@@ -10,19 +10,20 @@ class and confidence GeoTIFFs, the errors CSV and the summary JSON) are each wri
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import io
 import json
 import os
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from esccs.errors import ConfigError, DependencyMissingError
-from esccs.io.atomic import atomic_path, write_json, write_text
+from esccs.io.atomic import atomic_path, write_json
 
 FORMATS = {".csv": "csv", ".geojson": "geojson", ".json": "geojson", ".parquet": "parquet"}
 #: CSV / Parquet columns, in order
@@ -105,12 +106,30 @@ class Manifest:
             self._f = None
 
 
-def unique_rows(rows: list[dict]) -> list[dict]:
-    """One row per id (the last one recorded), in first-seen order."""
-    last: dict[str, dict] = {}
-    for r in rows:
-        last[r["id"]] = r
-    return list(last.values())
+def iter_manifest(path: Path, chunk: int = 4096) -> Iterator[list[dict]]:
+    """The manifest's rows, one per id (the last one recorded), in chunks; memory is O(ids), not O(rows).
+
+    Two passes over the file: the first finds the line that holds each id's last record, the second parses and
+    yields those lines ``chunk`` at a time.
+    """
+    if not Path(path).exists():
+        return
+    last: dict[str, int] = {}
+    with open(path, "rb") as f:
+        for i, line in enumerate(f):
+            last[json.loads(line)["id"]] = i
+    keep = set(last.values())
+    del last
+    batch: list[dict] = []
+    with open(path, "rb") as f:
+        for i, line in enumerate(f):
+            if i in keep:
+                batch.append(json.loads(line))
+                if len(batch) == chunk:
+                    yield batch
+                    batch = []
+    if batch:
+        yield batch
 
 
 def add_footprints(rows: list[dict]) -> None:
@@ -149,56 +168,115 @@ def flat_row(r: dict) -> dict[str, Any]:
             "crs": r["crs"] or "", "minx": x0, "miny": y0, "maxx": x1, "maxy": y1, "footprint_wgs84": wkt}
 
 
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    """Atomically write the classified rows as CSV."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow(flat_row(r))
-    return write_text(path, buf.getvalue())
+class _CsvTable:
+    def __init__(self, f) -> None:
+        self.w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+        self.w.writeheader()
+
+    def add(self, rows: list[dict]) -> None:
+        self.w.writerows(flat_row(r) for r in rows)
+
+    def close(self) -> None:
+        pass
 
 
-def write_geojson(path: Path, rows: list[dict]) -> Path:
-    """Atomically write an RFC 7946 FeatureCollection: footprints in EPSG:4326 (lon, lat), one feature per tile."""
-    feats = []
-    for r in rows:
-        props = {k: v for k, v in flat_row(r).items() if k not in ("footprint_wgs84", "top3")}
-        props["top3"] = [{"class": n, "probability": round(p, 6)} for n, p in r["top3"]]
-        geom = {"type": "Polygon", "coordinates": [r["footprint_wgs84"]]} if r.get("footprint_wgs84") else None
-        feats.append({"type": "Feature", "id": r["id"], "geometry": geom, "properties": props})
-    return write_text(path, json.dumps({"type": "FeatureCollection", "features": feats}) + "\n")
+class _GeoJsonTable:
+    """An RFC 7946 FeatureCollection, streamed: footprints in EPSG:4326 (lon, lat), one feature per tile."""
+
+    def __init__(self, f) -> None:
+        self.f, self.first = f, True
+        f.write('{"type": "FeatureCollection", "features": [\n')
+
+    def add(self, rows: list[dict]) -> None:
+        for r in rows:
+            props = {k: v for k, v in flat_row(r).items() if k not in ("footprint_wgs84", "top3")}
+            props["top3"] = [{"class": n, "probability": round(p, 6)} for n, p in r["top3"]]
+            geom = {"type": "Polygon", "coordinates": [r["footprint_wgs84"]]} if r.get("footprint_wgs84") else None
+            feat = {"type": "Feature", "id": r["id"], "geometry": geom, "properties": props}
+            self.f.write(("" if self.first else ",\n") + json.dumps(feat))
+            self.first = False
+
+    def close(self) -> None:
+        self.f.write("\n]}\n")
 
 
-def write_parquet(path: Path, rows: list[dict]) -> Path:
-    """Atomically write the classified rows as Parquet (pyarrow)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class _ParquetTable:
+    def __init__(self, path: Path) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
 
-    flat = [flat_row(r) for r in rows]
-    table = pa.table({c: [f[c] for f in flat] for c in COLUMNS}) if flat else pa.table({c: [] for c in COLUMNS})
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return path
+        self.pa, self.pq, self.path, self.writer = pa, pq, path, None
 
+    def add(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        table = self.pa.Table.from_pylist([flat_row(r) for r in rows])
+        if self.writer is None:
+            self.writer = self.pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table.cast(self.writer.schema))
 
-def write_errors(path: Path, rows: list[dict]) -> Path:
-    """Atomically write ``id,path,reason`` of every failed tile."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "path", "reason"])
-    for r in rows:
-        w.writerow([r["id"], r["path"], r["reason"]])
-    return write_text(path, buf.getvalue())
-
-
-WRITERS = {"csv": write_csv, "geojson": write_geojson, "parquet": write_parquet}
+    def close(self) -> None:
+        if self.writer is None:  # no classified tile: an empty table with the columns
+            self.pq.write_table(self.pa.table({c: self.pa.array([], self.pa.string()) for c in COLUMNS}), self.path)
+        else:
+            self.writer.close()
 
 
-def write_tables(paths: list[Path], ok: list[dict]) -> list[Path]:
-    """Write every requested table (footprints are computed once)."""
-    add_footprints(ok)
-    return [WRITERS[output_format(p)](p, ok) for p in paths]
+def finalize(manifest: Path, outputs: list[Path], errors: Path, grid: dict | None = None) -> dict[str, Any]:
+    """Render the tables and the errors CSV from the manifest, streaming (memory flat in the number of tiles).
+
+    Every file is written to a temporary name and renamed only when all of them are complete.
+
+    Returns:
+        ``{"classified", "failed", "reasons" (kind -> count), "failed_tiles" (first 50), "written",
+        "cells" ((class, confidence) coarse grids in scene mode, else None)}``.
+    """
+    out: dict[str, Any] = {"classified": 0, "failed": 0, "reasons": defaultdict(int), "failed_tiles": []}
+    cells = None
+    if grid is not None:
+        cells = (np.full((grid["rows"], grid["cols"]), 255, np.uint8),
+                 np.full((grid["rows"], grid["cols"]), np.nan, np.float32))
+    with contextlib.ExitStack() as stack:
+        tables = []
+        for p in outputs:
+            fmt = output_format(p)
+            tmp = stack.enter_context(atomic_path(p))
+            if fmt == "parquet":
+                tables.append(_ParquetTable(tmp))
+            else:
+                f = stack.enter_context(open(tmp, "w", newline="", encoding="utf-8"))
+                tables.append(_CsvTable(f) if fmt == "csv" else _GeoJsonTable(f))
+        ef = stack.enter_context(open(stack.enter_context(atomic_path(errors)), "w", newline="", encoding="utf-8"))
+        ew = csv.writer(ef, lineterminator="\n")
+        ew.writerow(["id", "path", "reason"])
+        for rows in iter_manifest(manifest):
+            ok = [r for r in rows if r["status"] == "ok"]
+            for r in rows:
+                if r["status"] != "ok":
+                    ew.writerow([r["id"], r["path"], r["reason"]])
+                    out["reasons"][KINDS.get(r.get("kind", ""), r.get("kind") or "other")] += 1
+                    if len(out["failed_tiles"]) < 50:
+                        out["failed_tiles"].append(f"{r['path']}: {r['reason']}")
+            out["failed"] += len(rows) - len(ok)
+            out["classified"] += len(ok)
+            add_footprints(ok)
+            for t in tables:
+                t.add(ok)
+            if cells is not None:
+                for r in ok:
+                    i, j = r["cell"]
+                    cells[0][i, j], cells[1][i, j] = r["class_index"], r["confidence"]
+        for t in tables:
+            t.close()
+    out["reasons"], out["written"], out["cells"] = dict(out["reasons"]), list(outputs), cells
+    return out
+
+
+#: summary wording of each kind of tile failure
+KINDS = {"CorruptRasterError": "unreadable, truncated or not a GeoTIFF", "BandError": "wrong bands",
+         "DTypeError": "wrong data type", "GridMismatchError": "optical and SAR not on one grid",
+         "BadTileError": "unusable tile (all-NaN SAR, all-nodata optical, too small)",
+         "MissingPartnerError": "missing SAR partner", "DataError": "bad input"}
 
 
 # ---------------------------------------------------------------------------------------------------- scene rasters
@@ -209,7 +287,7 @@ def nearest_window(size: int, starts: list[int], patch: int) -> np.ndarray:
     return np.searchsorted(mids, np.arange(size) + 0.5, side="left").astype(np.int64)
 
 
-def write_scene_maps(base: Path, grid: dict, ok: list[dict], classes: tuple[str, ...],
+def write_scene_maps(base: Path, grid: dict, cells: tuple[np.ndarray, np.ndarray], classes: tuple[str, ...],
                      strip: int = 512) -> tuple[Path, Path]:
     """Class map (uint8, colour table, nodata 255) and confidence (float32, nodata NaN) on the scene's own grid.
 
@@ -221,11 +299,7 @@ def write_scene_maps(base: Path, grid: dict, ok: list[dict], classes: tuple[str,
     from rasterio.transform import Affine
     from rasterio.windows import Window
 
-    cls = np.full((grid["rows"], grid["cols"]), 255, np.uint8)
-    conf = np.full((grid["rows"], grid["cols"]), np.nan, np.float32)
-    for r in ok:
-        i, j = r["cell"]
-        cls[i, j], conf[i, j] = r["class_index"], r["confidence"]
+    cls, conf = cells  # (rows, cols) window grid: class (255 = none) and confidence (NaN = none)
     ri = nearest_window(grid["height"], grid["row_starts"], grid["patch"])
     ci = nearest_window(grid["width"], grid["col_starts"], grid["patch"])
     profile = {"driver": "GTiff", "width": grid["width"], "height": grid["height"], "count": 1,

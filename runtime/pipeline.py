@@ -34,12 +34,6 @@ from esccs.runtime.model import Model, default_threads
 from esccs.runtime.reader import Bands, TileReader, configure_gdal
 from esccs.runtime.sources import Source
 
-#: summary wording of each kind of tile failure
-KINDS = {"CorruptRasterError": "unreadable, truncated or not a GeoTIFF", "BandError": "wrong bands",
-         "DTypeError": "wrong data type", "GridMismatchError": "optical and SAR not on one grid",
-         "BadTileError": "unusable tile (all-NaN SAR, all-nodata optical, too small)",
-         "MissingPartnerError": "missing SAR partner", "DataError": "bad input"}
-
 
 @dataclass
 class InferOptions:
@@ -134,14 +128,11 @@ def run_inference(source: Source, model: Model, outputs: list[Path], opts: Infer
     finally:
         manifest.close()
     wall = time.perf_counter() - t0
-    rows = out_mod.unique_rows(manifest.load())
-    ok = [r for r in rows if r["status"] == "ok"]
-    bad = [r for r in rows if r["status"] == "error"]
-    written = out_mod.write_tables(outputs, ok)
-    out_mod.write_errors(side["errors"], bad)
-    if source.kind == "scene":
-        written += list(out_mod.write_scene_maps(side["base"], source.grid, ok, model.info.classes))
-    summary = _summary(source, model, opts, stats, wall, len(jobs), len(done), ok, bad, written, side, gdal)
+    final = out_mod.finalize(side["manifest"], outputs, side["errors"], source.grid if source.kind == "scene" else None)
+    if final["cells"] is not None:
+        final["written"] += list(out_mod.write_scene_maps(side["base"], source.grid, final["cells"],
+                                                          model.info.classes))
+    summary = _summary(source, model, opts, stats, wall, len(jobs), len(done), final, side, gdal)
     summary["finalize_seconds"] = round(time.perf_counter() - t0 - wall, 3)  # tables rendered from the manifest
     out_mod.write_summary(side["summary"], summary)
     return summary
@@ -282,16 +273,13 @@ def peak_rss_mb() -> float:
 
 
 def _summary(source: Source, model: Model, opts: InferOptions, stats: _Stats, wall: float, n_jobs: int,
-             n_before: int, ok: list[dict], bad: list[dict], written: list[Path], side: dict, gdal: dict) -> dict:
+             n_before: int, final: dict, side: dict, gdal: dict) -> dict:
     processed = stats.tiles_ok + stats.tiles_failed
-    reasons: dict[str, int] = {}  # by kind of failure (error class), not by the file-specific text
-    for r in bad:
-        key = KINDS.get(r.get("kind", ""), r.get("kind") or "other")
-        reasons[key] = reasons.get(key, 0) + 1
+    written = final["written"]
     return {
         "source": str(source.root), "kind": source.kind, "layout": source.layout, "jobs": n_jobs,
-        "resumed_from": n_before, "processed_this_run": processed, "classified": len(ok), "failed": len(bad),
-        "failure_reasons": reasons, "failed_tiles": [f"{r['path']}: {r['reason']}" for r in bad[:50]],
+        "resumed_from": n_before, "processed_this_run": processed, "classified": final["classified"],
+        "failed": final["failed"], "failure_reasons": final["reasons"], "failed_tiles": final["failed_tiles"],
         "model": str(model.info.path), "backend": model.backend.name, "device": model.backend.device,
         "backend_settings": model.backend.settings, "batch_size": opts.batch_size, "readers": opts.readers,
         "queue_depth": opts.queue_depth, "cores": default_threads(), "gdal": gdal,

@@ -1,6 +1,5 @@
 """Crash safety: a run killed with SIGKILL mid-way resumes to exactly one row per tile, as if never interrupted."""
 
-import json
 import os
 import shutil
 import signal
@@ -14,7 +13,7 @@ from rt_helpers import PATCH, read_csv, read_json
 
 from esccs.data.synth import SynthConfig, synthesize
 from esccs.runtime import InferOptions, open_tiles, run_inference
-from esccs.runtime.outputs import Manifest, unique_rows
+from esccs.runtime.outputs import Manifest, iter_manifest
 
 # `esccs infer` with a pause before every backend call, so a batch-size-4 run over 60 tiles takes seconds and can be
 # killed between batches. Everything else is the real command (esccs.cli.main, as the console script runs it).
@@ -141,7 +140,11 @@ def test_manifest_of_nothing(tmp_path):
     assert not (tmp_path / "x.jsonl").exists()
 
 
-def test_unique_rows_keeps_the_last_record_per_id_in_first_seen_order():
-    rows = [{"id": "a", "v": 1}, {"id": "b", "v": 1}, {"id": "a", "v": 2}]
-    assert unique_rows(rows) == [{"id": "a", "v": 2}, {"id": "b", "v": 1}]
-    assert json.dumps(unique_rows([])) == "[]"
+def test_iter_manifest_keeps_the_last_record_per_id_in_chunks(tmp_path):
+    m = Manifest(tmp_path / "m.jsonl")
+    m.append([{"id": "a", "v": 1}, {"id": "b", "v": 1}, {"id": "a", "v": 2}, {"id": "c", "v": 1}])
+    m.close()
+    chunks = list(iter_manifest(tmp_path / "m.jsonl", chunk=2))
+    assert [len(c) for c in chunks] == [2, 1]
+    assert [r for c in chunks for r in c] == [{"id": "b", "v": 1}, {"id": "a", "v": 2}, {"id": "c", "v": 1}]
+    assert list(iter_manifest(tmp_path / "missing.jsonl")) == []
