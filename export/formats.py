@@ -75,7 +75,7 @@ _ONNX_OPTIONS = (
     Option("strict", bool, False, "a failed parity check is an error (the artifact is not written)"),
 )
 _INT8_OPTIONS = (
-    Option("calib_samples", int, 128, "tiles used for INT8 calibration", minimum=1),
+    Option("calib_samples", int, 512, "tiles used for INT8 calibration (>= 500 recommended)", minimum=1),
     Option("eval_samples", int, 256, "labelled tiles for the INT8 vs fp32 accuracy report", minimum=1),
     Option("speed_batch", int, 32, "batch size of the INT8 vs fp32 speed comparison", minimum=1),
     Option("speed_reps", int, 10, "timed repetitions (median reported)", minimum=1),
@@ -95,7 +95,7 @@ _TRT_OPTIONS = (
            choices=("none", "ampere+", "same-cc")),
     Option("weak_typing", bool, False, "TensorRT < 11 only: legacy FP16/INT8 builder flags instead of a "
                                        "strongly typed network"),
-    Option("calib_samples", int, 128, "tiles used for INT8 calibration (precision int8)", minimum=1),
+    Option("calib_samples", int, 512, "tiles used for INT8 calibration (precision int8)", minimum=1),
 )
 
 FORMATS: tuple[Format, ...] = (
