@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from esccs.runtime import load_model, open_tiles
+from esccs.runtime.model import default_threads
 from esccs.runtime.reader import Bands, TileReader, configure_gdal
 
 
@@ -119,7 +120,7 @@ def bench_infer(model: Path, data: Path, counts: tuple[int, ...] = (1000, 20000)
     rss = [runs[n]["peak_rss_mb"] for n in counts]
     return {"model": str(model), "data": str(data), "tile_folders": {str(n): str(p) for n, p in folders.items()},
             "tiles_note": "tiles beyond the data set are hard links of its files under new ids (same decode cost)",
-            "cores": len(os.sched_getaffinity(0)), "backend_only": bo,
+            "cores": default_threads(), "backend_only": bo,
             "end_to_end": {str(n): r for n, r in runs.items()},
             "rss_change": round(max(rss) / min(rss) - 1, 3) if len(rss) > 1 else None,
             "goals": {"e2e_over_backend_only": 0.85, "rss_flat_within": 0.10}}

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,6 @@ class _Stats:
     batches: int = 0
     tiles_ok: int = 0
     tiles_failed: int = 0
-    timeline: list = field(default_factory=list)
 
 
 def side_paths(outputs: list[Path]) -> dict[str, Path]:
