@@ -21,7 +21,7 @@ from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 
 from esccs.data.dataset import file_band_order
-from esccs.errors import BadTileError, CorruptRasterError, DataError, DTypeError
+from esccs.errors import BadTileError, CorruptRasterError, DataError, DTypeError, MissingPartnerError
 from esccs.io.raster import RasterInfo, check_same_grid
 from esccs.runtime.sources import Job
 from esccs.spec import MASK_THICK, MASK_THIN
@@ -32,6 +32,8 @@ GDAL_DEFAULTS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_CACHEMAX": "
 #: cloud estimate without a mask: mean of B02, B03, B04 above this L1C DN, and not snow (NDSI with B11 < 0.4)
 CLOUD_VISIBLE_DN = 2000.0
 CLOUD_BANDS = ("B02", "B03", "B04")
+#: the one optical dtype the models are trained on: SEN12MS / SEN12MS-CR S2 L1C DN (any other is refused, not cast)
+OPTICAL_DTYPE = "uint16"
 
 
 def configure_gdal() -> dict[str, str]:
@@ -77,6 +79,10 @@ class TileReader:
             cache = self._local.handles = {}
         src = cache.get(path) if self.keep_open else None
         if src is None:
+            if not os.path.isfile(path):  # GDAL would call a directory "not a supported format"
+                if os.path.isdir(path):
+                    raise CorruptRasterError(path, "a directory, not a GeoTIFF file")
+                raise MissingPartnerError(path, "no such file")
             try:
                 src = rasterio.open(path)
             except RasterioError as e:
@@ -157,6 +163,9 @@ class TileReader:
 
     def _read_bands(self, src, info: RasterInfo, modality: str, names: tuple[str, ...], window: Window,
                     out: np.ndarray) -> None:
+        if modality == "s2" and info.dtype != OPTICAL_DTYPE:  # a uint8 / int16 / float export is not L1C DN
+            raise DTypeError(info.path, f"optical must be {OPTICAL_DTYPE} L1C DN (reflectance x 10000, as SEN12MS S2), "
+                                        f"found {info.dtype}: a rescaled export would be misclassified")
         order = file_band_order(info, modality)
         missing = [b for b in names if b not in order]
         if missing:

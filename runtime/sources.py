@@ -1,10 +1,12 @@
 """What ``esccs infer SRC`` runs over: the tiles of a data-set folder, or the windows of one large scene pair.
 
 - **Tiles**: a SEN12MS / SEN12MS-CR folder, a paired-folder layout (``optical/``, ``sar/``, optional
-  ``cloud_mask/``), or the index folder of ``esccs data synth`` (its ``target`` part). One :class:`Job` per sample;
-  the cloudy optical (``s2_cloudy``) is used when the layout has it. A sample without its SAR partner is *skipped and
-  reported* (not run optical-only: the dual model has no optical-only head, and a silent fallback would hide missing
-  data); the skip lands in the summary and the errors file like any bad tile.
+  ``cloud_mask/``), or the index folder of ``esccs data synth`` (its ``target`` part). One :class:`Job` per sample,
+  classified from the layout's observation (the cloudy ``s2_cloudy`` in a SEN12MS-CR folder or a card saying
+  ``optical: s2_cloudy``, else ``s2``); a missing or unreadable observation fails that tile (never a swap to the clear
+  S2). A sample without its SAR partner is *skipped and reported* (not run optical-only: the dual model has no
+  optical-only head, and a silent fallback would hide missing data); the skip lands in the summary and the errors
+  file like any bad tile.
 - **Scene**: an optical GeoTIFF plus a SAR GeoTIFF on the same grid, cut into ``patch`` x ``patch`` windows every
   ``stride`` pixels. The window grid starts at pixel (0, 0), so with the default stride = patch and a block size that
   is a multiple of it (or divides it) every window reads whole blocks only; the last row and column of windows are
@@ -17,8 +19,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from esccs.data.layouts import read_card, scan
+from esccs.data.layouts import PAIRED_FOLDERS, read_card, scan
 from esccs.errors import DataError, DatasetNotFoundError, GridMismatchError
+from esccs.io.names import LAYOUTS, try_parse_name
 from esccs.io.raster import check_same_grid, inspect
 
 
@@ -79,9 +82,10 @@ def open_tiles(root: str | os.PathLike, part: str | None = None) -> Source:
             raise DatasetNotFoundError(root, f"no part {part!r} (parts: {', '.join(parts) or 'none'})")
         root, card = root / parts[part], read_card(root / parts[part])
     found = scan(root, card, require=())
+    observed = observed_optical(found.layout, card)
     jobs, skipped = [], list(found.skipped)
     for s in found.samples:
-        optical = s.paths.get("s2_cloudy") or s.paths.get("s2")
+        optical = s.paths.get(observed) or _expected_path(s, observed, found.layout, root)
         if optical is None:
             skipped.append((str(next(iter(s.paths.values()))), f"no optical file for sample {s.id}"))
             continue
@@ -89,6 +93,29 @@ def open_tiles(root: str | os.PathLike, part: str | None = None) -> Source:
         jobs.append(Job(s.id, str(optical), str(sar) if sar else None,
                         str(s.paths["cloud_mask"]) if "cloud_mask" in s.paths else None))
     return Source("tiles", root, jobs, skipped, found.layout)
+
+
+def observed_optical(layout: str, card: dict) -> str:
+    """The optical modality a layout's samples are classified from (never another image in its place).
+
+    The card's ``optical``, else ``s2_cloudy`` in a SEN12MS-CR folder and ``s2`` otherwise.
+    """
+    return card.get("optical") or ("s2_cloudy" if layout == "sen12ms-cr" else "s2")
+
+
+def _expected_path(sample, modality: str, layout: str, root: Path) -> Path | None:
+    """Where ``modality`` of ``sample`` should be (the scan found no regular file there), or ``None`` if unknown.
+
+    The job then points at that path and the reader fails the tile naming it (missing, or a directory), so a
+    missing observation is that tile's error, never a silent swap to the clear S2.
+    """
+    if layout in LAYOUTS:
+        name = try_parse_name(Path(sample.id))
+        return name.with_sensor(modality).path(root, layout) if name else None
+    folder = next((f for f, k in {**PAIRED_FOLDERS, "optical": modality}.items() if k == modality), None)
+    if folder is None or not sample.paths:
+        return None
+    return next(iter(sample.paths.values())).parent.parent / folder / f"{sample.id}.tif"
 
 
 def window_starts(size: int, patch: int, stride: int) -> list[int]:

@@ -27,6 +27,7 @@ BAD = {
     "zero_optical": ("optical", "optical is all nodata"),
     "too_small": ("optical", f"tile 8x8 is smaller than the model input {PATCH}x{PATCH}"),
     "no_sar": ("optical", "no SAR partner for sample no_sar"),
+    "uint8_optical": ("optical", "optical must be uint16 L1C DN"),
 }
 
 
@@ -65,6 +66,7 @@ def bad_folder(tmp_path_factory):
     pair("zero_optical", optical=np.zeros((13, PATCH, PATCH), np.uint16))
     pair("too_small", optical=_optical(rng, 8, 8), sar=_sar(rng, 8, 8))
     pair("no_sar", sar=False)
+    pair("uint8_optical", optical=(_optical(rng) // 16).astype(np.uint8))
     return root
 
 
