@@ -131,3 +131,39 @@ RASTER_SPECS: dict[str, RasterSpec] = {
 #: Name of the dataset card written by ``esccs data synth`` and read by the paired-folder reader.
 DATASET_CARD = "dataset.json"
 DATASET_CARD_SCHEMA = 1
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model artifacts: the contract between export, the runtime and the benchmarks
+# --------------------------------------------------------------------------------------------------------------------
+
+#: Inputs of every esccs model artifact (ONNX graph, TensorRT engine), in call order: ``optical`` ``(B, C_o, H, W)``
+#: and ``sar`` ``(B, C_s, H, W)``, sharing the batch (and height / width) symbols. Units: raw DN / dB when the
+#: preprocessing is baked into the graph, else normalised (metadata ``preprocessing_baked``).
+INPUT_NAMES: tuple[str, ...] = ("optical", "sar")
+#: Outputs, in graph order: ``logits`` ``(B, K)``, ``probs`` ``(B, K)`` (softmax of the logits) and
+#: ``modality_weights`` ``(B, 2)``, whose columns follow :data:`MODALITY_WEIGHTS_ORDER`.
+OUTPUT_NAMES: tuple[str, ...] = ("logits", "probs", "modality_weights")
+MODALITY_WEIGHTS_ORDER: tuple[str, ...] = INPUT_NAMES
+#: Version of the artifact metadata below; the runtime refuses an artifact of a newer schema (written by a newer esccs).
+ARTIFACT_SCHEMA_VERSION = 1
+#: Every metadata entry an exported artifact carries (ONNX ``metadata_props``; a TensorRT engine's sidecar
+#: ``metadata``). Values are strings, lists and dicts JSON-encoded.
+METADATA_KEYS: tuple[str, ...] = (
+    "esccs_schema_version", "esccs_version", "checkpoint_sha256", "classes", "optical_bands", "sar_bands",
+    "normalization", "preprocessing_baked", "input_units", "patch_size", "model_config", "inputs", "outputs",
+    "modality_weights_order", "opset", "exporter", "precision",
+)
+#: The entries without which the runtime refuses a model: without them it cannot know the band order, the input
+#: units or the class names, and guessing silently mislabels maps.
+REQUIRED_METADATA_KEYS: tuple[str, ...] = (
+    "esccs_schema_version", "classes", "optical_bands", "sar_bands", "patch_size", "preprocessing_baked",
+)
+#: The JSON sidecar beside a TensorRT engine (``<engine file name>`` + :data:`ENGINE_SIDECAR_SUFFIX`): its format tag,
+#: schema version and top-level keys. It is written and read by :mod:`esccs.io.engine_sidecar` only.
+ENGINE_SIDECAR_FORMAT = "esccs-tensorrt-engine"
+ENGINE_SIDECAR_SCHEMA = 1
+ENGINE_SIDECAR_SUFFIX = ".json"
+ENGINE_SIDECAR_KEYS: tuple[str, ...] = (
+    "format", "schema", "esccs_version", "tensorrt_version", "gpu", "profiles", "precision", "source_onnx",
+    "checkpoint_sha256", "compatibility", "workspace_gb", "metadata",
+)
