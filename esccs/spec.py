@@ -153,6 +153,8 @@ METADATA_KEYS: tuple[str, ...] = (
     "normalization", "preprocessing_baked", "input_units", "patch_size", "model_config", "inputs", "outputs",
     "modality_weights_order", "opset", "exporter", "precision",
 )
+#: Entries only some artifacts carry: ``quantization`` (the INT8 recipe, JSON) in a quantised ONNX.
+OPTIONAL_METADATA_KEYS: tuple[str, ...] = ("quantization",)
 #: The entries without which the runtime refuses a model: without them it cannot know the band order, the input
 #: units or the class names, and guessing silently mislabels maps.
 REQUIRED_METADATA_KEYS: tuple[str, ...] = (
