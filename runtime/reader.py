@@ -20,8 +20,8 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 
-from esccs.data.dataset import file_band_order
 from esccs.errors import BadTileError, CorruptRasterError, DataError, DTypeError, MissingPartnerError
+from esccs.io.bands import file_band_order
 from esccs.io.raster import RasterInfo, check_same_grid
 from esccs.runtime.sources import Job
 from esccs.spec import MASK_THICK, MASK_THIN

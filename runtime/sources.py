@@ -19,8 +19,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from esccs.data.layouts import PAIRED_FOLDERS, read_card, scan
 from esccs.errors import DataError, DatasetNotFoundError, GridMismatchError
+from esccs.io.layouts import PAIRED_FOLDERS, read_card, scan
 from esccs.io.names import LAYOUTS, try_parse_name
 from esccs.io.raster import check_same_grid, inspect
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 LEAN = ["esccs", "esccs.spec", "esccs.errors", "esccs.io.raster", "esccs.io.names", "esccs.io.atomic",
-        "esccs.io.labels", "esccs.metrics", "esccs.runtime", "esccs.export", "esccs.data.layouts",
+        "esccs.io.labels", "esccs.metrics", "esccs.runtime", "esccs.export", "esccs.io.layouts", "esccs.io.bands",
         "esccs.data.dataset", "esccs.data.split",
         "esccs.data.clouds", "esccs.data.speckle", "esccs.data.noise", "esccs.data.synth", "esccs.cli"]
 

@@ -1,6 +1,6 @@
 """Read samples as dicts of numpy arrays (torch-free): the one reader behind training, probes, pictures and the runtime.
 
-``open_dataset(root)`` scans a folder in any supported layout (see :mod:`esccs.data.layouts`), attaches labels,
+``open_dataset(root)`` scans a folder in any supported layout (see :mod:`esccs.io.layouts`), attaches labels,
 cloud statistics and scene-grouped splits, and returns a :class:`SceneDataset` whose ``read(i)`` gives::
 
     {"id": str, "optical": float32 (C, H, W) raw DN, "sar": float32 (2, H, W) dB (NaN cleaned),
@@ -25,16 +25,16 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioError
 
-from esccs.data.layouts import Sample, Scan, read_card, scan
 from esccs.errors import BandError, CorruptRasterError, DataError, DatasetNotFoundError, DTypeError, LabelError
 from esccs.io import labels as lab
+from esccs.io.bands import file_band_order
+from esccs.io.layouts import Sample, Scan, read_card, scan
 from esccs.io.raster import GDAL_ENV, RasterInfo, check_same_grid
 from esccs.spec import (
     CLASS_PRESETS,
     IGBP_SIMPLE_CLASSES,
     MASK_THICK,
     MASK_THIN,
-    RASTER_SPECS,
     S1_BANDS,
     S1_CLIP_DB,
     S2_BANDS,
@@ -249,7 +249,7 @@ def read_bands(path: str | os.PathLike, modality: str, bands: Sequence[str],
         with rasterio.Env(**GDAL_ENV), rasterio.open(path) as src:
             info = RasterInfo(path, src.count, src.dtypes[0], src.crs, src.transform, src.width, src.height,
                               src.nodata, tuple(src.descriptions))
-            order = _file_order(info, modality, band_map)
+            order = file_band_order(info, modality, band_map)
             missing = [b for b in bands if b not in order]
             if missing:
                 raise BandError(path, f"band {missing[0]} is not in this file (bands: {', '.join(order)})")
@@ -257,34 +257,6 @@ def read_bands(path: str | os.PathLike, modality: str, bands: Sequence[str],
     except RasterioError as e:
         raise CorruptRasterError(path, f"not a readable GeoTIFF ({str(e).splitlines()[0][:120]})") from None
     return arr, info
-
-
-def file_band_order(info: RasterInfo, modality: str, band_map: Sequence[str] | None = None) -> tuple[str, ...]:
-    """Band names of a file in file order: ``band_map``, else its band descriptions, else the SEN12MS order.
-
-    Raises:
-        BandError, DTypeError: the file is not a ``modality`` stack (one line naming the file).
-    """
-    return _file_order(info, modality, band_map)
-
-
-def _file_order(info: RasterInfo, modality: str, band_map) -> tuple[str, ...]:
-    spec = RASTER_SPECS[modality]
-    kind = np.dtype(info.dtype).kind
-    if band_map is not None:
-        if len(band_map) != info.count:
-            raise BandError(info.path, f"band_map names {len(band_map)} bands, the file has {info.count}")
-        return tuple(band_map)
-    if kind not in spec.dtype_kinds:
-        allowed = {"ui": "integer DN (uint16 L1C reflectance x 10000)", "f": "float32 dB"}[spec.dtype_kinds]
-        raise DTypeError(info.path, f"{modality} must be {allowed}, found {info.dtype}")
-    described = tuple(d or "" for d in info.descriptions)
-    if info.count == len(spec.bands):
-        return described if set(described) >= set(spec.bands) else spec.bands
-    extra = " (looks like a 12-band Level-2A stack without B10: pass band_map=S2_L2A_12_BANDS)" \
-        if modality.startswith("s2") and info.count == 12 else ""
-    raise BandError(info.path, f"{modality} needs {len(spec.bands)} bands ({', '.join(spec.bands)}), "
-                               f"found {info.count}{extra}")
 
 
 def _read_plain(path: Path, modality: str) -> tuple[np.ndarray, RasterInfo]:

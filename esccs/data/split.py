@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from esccs.data.layouts import Sample, group_index
+from esccs.io.layouts import Sample, group_index
 
 
 def grouped_split(samples: list[Sample], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
