@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from esccs.ops._common import check_row_weights
 from esccs.ops._dispatch import exporting, use_fused
 from esccs.ops.grad_scale.reference import grad_scale_reference
 
@@ -15,8 +16,7 @@ def grad_scale(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     Fused (Triton) when the dispatcher allows it, else the pure-PyTorch reference. Under ONNX export both reduce to
     the identity (no node at all).
     """
-    if k.shape != (x.shape[0],):
-        raise ValueError(f"grad_scale: k must have shape ({x.shape[0]},), got {tuple(k.shape)}")
+    check_row_weights("grad_scale", "k", k, (x.shape[0],))
     if not x.requires_grad or not torch.is_grad_enabled() or exporting():
         return x  # nothing to scale; under export the op leaves no node at all
     if use_fused("grad_scale", x):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from esccs.ops._common import check_row_weights
+
 
 class GradScaleReference(torch.autograd.Function):
     """``y = x``; ``dL/dx[i] = k[i] * dL/dy[i]``. ``k`` gets no gradient (it comes from frozen teachers)."""
@@ -32,8 +34,7 @@ class GradScaleReference(torch.autograd.Function):
 
 def grad_scale_reference(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Identity on ``x`` ``(B, ...)``; its gradient row ``i`` is scaled by ``k`` ``(B,)``."""
-    if k.shape != (x.shape[0],):
-        raise ValueError(f"grad_scale: k must have shape ({x.shape[0]},), got {tuple(k.shape)}")
+    check_row_weights("grad_scale", "k", k, (x.shape[0],))
     if not x.requires_grad:
         return x
     return GradScaleReference.apply(x, k.detach())

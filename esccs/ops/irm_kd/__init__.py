@@ -9,16 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from esccs.ops._common import check_logits, check_loss_args, reduce_rows
 from esccs.ops._dispatch import use_fused
-from esccs.ops.irm_kd.reference import (
-    IRMKDOutput,
-    irm_kd_reference,
-    irm_weights_reference,
-    reduce_rows,
-    validate_logits,
-    validate_loss_args,
-    validate_weight_args,
-)
+from esccs.ops.irm_kd.reference import IRMKDOutput, irm_kd_reference, irm_weights_reference, validate_weight_args
 
 
 def irm_kd(
@@ -50,8 +43,8 @@ def irm_kd(
     Returns:
         :class:`IRMKDOutput` ``(loss, pi (B, 3), rho (B,), k (B, 2))``; ``pi``, ``rho``, ``k`` carry no gradient.
     """
-    validate_logits(z, u, a_o, a_s)
-    validate_loss_args(temperature, reduction)
+    check_logits("irm_kd", z=z, u=u, a_o=a_o, a_s=a_s)
+    check_loss_args("irm_kd", temperature, reduction)
     validate_weight_args(gamma, reference, score, form)
     u, a_o, a_s = u.detach(), a_o.detach(), a_s.detach()
     if z.dtype != torch.float64 and use_fused("irm_kd", z, u, a_o, a_s):
@@ -77,7 +70,7 @@ class IRMKDLoss(nn.Module):
                  k_min: float = 0.1, eps: float = 1e-6, reference: str = "consensus", score: str = "prob",
                  form: str = "continuous", reduction: str = "mean") -> None:
         super().__init__()
-        validate_loss_args(temperature, reduction)
+        check_loss_args("irm_kd", temperature, reduction)
         validate_weight_args(gamma, reference, score, form)
         self.config = {"temperature": temperature, "gamma": gamma, "beta": beta, "alpha": alpha, "k_min": k_min,
                        "eps": eps, "reference": reference, "score": score, "form": form, "reduction": reduction}

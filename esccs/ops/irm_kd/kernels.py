@@ -4,7 +4,7 @@ One program per row. The row is walked in ``BLOCK_K`` chunks, so any ``K`` works
 in one chunk; tests force ``BLOCK_K = 16`` to exercise the multi-chunk paths):
 
 1. per input, an online max and the softmax denominators at ``T = 1`` and at ``T`` (rescaled when the max grows);
-2. the reference label ``ybar`` (first index of the maximum, as ``torch.argmax``) over ``p^S + p^O + p^R``;
+2. the reference label ``ybar`` (first index of the maximum, as ``torch.argmax``) over ``p^src + p^o + p^s``;
 3. (``score="entropy"`` only) one more pass per teacher for its entropy;
 4. the weighted KD + CE loss and the gradient
    ``T (softmax(z/T) - sum_m pi^m softmax(t_m/T)) + beta (softmax(z) - onehot(ybar))``, stored in ``z``'s dtype.
@@ -45,7 +45,7 @@ def _softmax_stats(row_ptr, K, inv_t, BLOCK_K: tl.constexpr):
 @triton.jit
 def _reference_label(u_row, o_row, s_row, mu, su, mo, so, ms, ss, K,
                      SOURCE_REF: tl.constexpr, BLOCK_K: tl.constexpr):
-    """``argmax(p^S + p^O + p^R)`` (or ``argmax p^S``), lowest index among equal maxima."""
+    """``argmax(p^src + p^o + p^s)`` (or ``argmax p^src``), lowest index among equal maxima."""
     best = float("-inf")
     ybar = 0
     for start in range(0, K, BLOCK_K):
@@ -96,15 +96,15 @@ def _one_minus_tanh(x):
 
 
 @triton.jit
-def _irm_weights(cs, co, cr, gamma, alpha, k_min, eps, OGM: tl.constexpr):
-    """``pi`` (three scalars), ``rho`` and ``(k_o, k_s)`` from the contributions ``c^S, c^O, c^R``."""
-    ws = _pow(cs, gamma)
-    wo = _pow(co, gamma)
-    wr = _pow(cr, gamma)
-    total = ws + wo + wr
+def _irm_weights(c_src, c_o, c_s, gamma, alpha, k_min, eps, OGM: tl.constexpr):
+    """``pi`` (three scalars), ``rho`` and ``(k_o, k_s)`` from the contributions ``c_src, c_o, c_s``."""
+    w_src = _pow(c_src, gamma)
+    w_o = _pow(c_o, gamma)
+    w_s = _pow(c_s, gamma)
+    total = w_src + w_o + w_s
     safe = tl.where(total > 0, total, 1.0)
     third = 1.0 / 3.0
-    rho = (co + eps) / (cr + eps)
+    rho = (c_o + eps) / (c_s + eps)
     if OGM:
         x_o = alpha * rho
         x_s = alpha / rho
@@ -113,21 +113,21 @@ def _irm_weights(cs, co, cr, gamma, alpha, k_min, eps, OGM: tl.constexpr):
         x_s = alpha * (1.0 / rho - 1.0)
     k_o = tl.where(rho > 1.0, tl.maximum(_one_minus_tanh(x_o), k_min), 1.0)
     k_s = tl.where(rho > 1.0, 1.0, tl.maximum(_one_minus_tanh(x_s), k_min))
-    pi_s = tl.where(total > 0, ws / safe, third)
-    pi_o = tl.where(total > 0, wo / safe, third)
-    pi_r = tl.where(total > 0, wr / safe, third)
-    return pi_s, pi_o, pi_r, rho, k_o, k_s
+    pi_src = tl.where(total > 0, w_src / safe, third)
+    pi_o = tl.where(total > 0, w_o / safe, third)
+    pi_s = tl.where(total > 0, w_s / safe, third)
+    return pi_src, pi_o, pi_s, rho, k_o, k_s
 
 
 @triton.jit
-def _log_q(row_ptr, offs, mask, m, log_s, inv_t):
+def _log_q(row_ptr, offs, mask, m, log_denom, inv_t):
     """``log softmax(x / T)`` on one chunk (masked lanes hold finite garbage, excluded by the caller)."""
-    return (tl.load(row_ptr + offs, mask=mask, other=0.0).to(tl.float32) - m) * inv_t - log_s
+    return (tl.load(row_ptr + offs, mask=mask, other=0.0).to(tl.float32) - m) * inv_t - log_denom
 
 
 @triton.jit
 def _loss_and_grad(z_row, u_row, o_row, s_row, g_row, mz, sz1, szt, mu, sut, mo, sot, ms, sst,
-                   pi_s, pi_o, pi_r, ybar, K, inv_t, temperature, beta,
+                   pi_src, pi_o, pi_s, ybar, K, inv_t, temperature, beta,
                    WRITE_GRAD: tl.constexpr, BLOCK_K: tl.constexpr):
     """Per-row loss ``T^2 sum_m pi^m KL_m + beta CE``; writes ``d loss / d z`` when ``WRITE_GRAD``."""
     kd_u = 0.0
@@ -150,10 +150,10 @@ def _loss_and_grad(z_row, u_row, o_row, s_row, g_row, mz, sz1, szt, mu, sut, mo,
             z = tl.load(z_row + offs, mask=mask, other=0.0).to(tl.float32)
             p1 = tl.exp(z - mz) / sz1
             onehot = tl.where(offs == ybar, 1.0, 0.0)
-            grad = temperature * (tl.exp(log_qz) - (pi_s * qu + pi_o * qo + pi_r * qs)) + beta * (p1 - onehot)
+            grad = temperature * (tl.exp(log_qz) - (pi_src * qu + pi_o * qo + pi_s * qs)) + beta * (p1 - onehot)
             tl.store(g_row + offs, grad.to(g_row.dtype.element_ty), mask=mask)
     ce = tl.log(sz1) - (tl.load(z_row + ybar).to(tl.float32) - mz)
-    return temperature * temperature * (pi_s * kd_u + pi_o * kd_o + pi_r * kd_s) + beta * ce
+    return temperature * temperature * (pi_src * kd_u + pi_o * kd_o + pi_s * kd_s) + beta * ce
 
 
 @triton.jit
@@ -163,7 +163,7 @@ def _irm_kd_fwd_kernel(
     o_ptr,  # (B, K) optical-auxiliary logits
     s_ptr,  # (B, K) SAR-auxiliary logits
     loss_ptr,  # (B,) float32 per-row loss
-    pi_ptr,  # (B, 3) float32 teacher weights (S, O, R)
+    pi_ptr,  # (B, 3) float32 teacher weights (src, o, s)
     rho_ptr,  # (B,) float32 discrepancy ratio
     k_ptr,  # (B, 2) float32 balancing coefficients (k_o, k_s)
     grad_ptr,  # (B, K) z's dtype: d loss_i / d z_i (unused unless WRITE_GRAD)
@@ -180,20 +180,20 @@ def _irm_kd_fwd_kernel(
     ms, ss1, sst = _softmax_stats(s_row, K, inv_t, BLOCK_K)
     ybar = _reference_label(u_row, o_row, s_row, mu, su1, mo, so1, ms, ss1, K, SOURCE_REF, BLOCK_K)
     if ENTROPY:
-        cs = _entropy_score(u_row, mu, su1, K, inv_log_k, BLOCK_K)
-        co = _entropy_score(o_row, mo, so1, K, inv_log_k, BLOCK_K)
-        cr = _entropy_score(s_row, ms, ss1, K, inv_log_k, BLOCK_K)
+        c_src = _entropy_score(u_row, mu, su1, K, inv_log_k, BLOCK_K)
+        c_o = _entropy_score(o_row, mo, so1, K, inv_log_k, BLOCK_K)
+        c_s = _entropy_score(s_row, ms, ss1, K, inv_log_k, BLOCK_K)
     else:
-        cs = tl.exp(tl.load(u_row + ybar).to(tl.float32) - mu) / su1
-        co = tl.exp(tl.load(o_row + ybar).to(tl.float32) - mo) / so1
-        cr = tl.exp(tl.load(s_row + ybar).to(tl.float32) - ms) / ss1
-    pi_s, pi_o, pi_r, rho, k_o, k_s = _irm_weights(cs, co, cr, gamma, alpha, k_min, eps, OGM)
+        c_src = tl.exp(tl.load(u_row + ybar).to(tl.float32) - mu) / su1
+        c_o = tl.exp(tl.load(o_row + ybar).to(tl.float32) - mo) / so1
+        c_s = tl.exp(tl.load(s_row + ybar).to(tl.float32) - ms) / ss1
+    pi_src, pi_o, pi_s, rho, k_o, k_s = _irm_weights(c_src, c_o, c_s, gamma, alpha, k_min, eps, OGM)
     loss = _loss_and_grad(z_row, u_row, o_row, s_row, grad_ptr + base, mz, sz1, szt, mu, sut, mo, sot, ms, sst,
-                          pi_s, pi_o, pi_r, ybar, K, inv_t, temperature, beta, WRITE_GRAD, BLOCK_K)
+                          pi_src, pi_o, pi_s, ybar, K, inv_t, temperature, beta, WRITE_GRAD, BLOCK_K)
     tl.store(loss_ptr + row, loss)
-    tl.store(pi_ptr + row * 3, pi_s)
+    tl.store(pi_ptr + row * 3, pi_src)
     tl.store(pi_ptr + row * 3 + 1, pi_o)
-    tl.store(pi_ptr + row * 3 + 2, pi_r)
+    tl.store(pi_ptr + row * 3 + 2, pi_s)
     tl.store(rho_ptr + row, rho)
     tl.store(k_ptr + row * 2, k_o)
     tl.store(k_ptr + row * 2 + 1, k_s)
@@ -226,7 +226,7 @@ def irm_kd_forward(
         alpha: Slope of the balancing coefficients.
         k_min: Floor of the balancing coefficients.
         eps: Stabiliser of the discrepancy ratio.
-        reference_is_source: ``ybar = argmax p^S`` instead of the consensus.
+        reference_is_source: ``ybar = argmax p^src`` instead of the consensus.
         score_is_entropy: Contributions ``1 - H / log K`` instead of ``p^m[ybar]``.
         form_is_ogm: Balancing ``1 - tanh(alpha rho)`` instead of ``1 - tanh(alpha (rho - 1))``.
         need_grad: Write ``grad_z``; without it the kernel skips the gradient stores and ``None`` is returned.

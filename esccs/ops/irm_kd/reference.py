@@ -1,11 +1,13 @@
 """``irm_kd`` specification in plain PyTorch: IRM weights and the weighted three-teacher KD + consensus CE.
 
-Step 2 (method.md) distils three frozen teachers -- source ``u``, optical auxiliary ``a_o``, SAR auxiliary ``a_s`` --
-into the fused logits ``z``. Per row ``i`` (all teacher quantities at temperature 1 unless stated):
+Step 2 (docs/method.md) distils three frozen teachers -- source ``u``, optical auxiliary ``a_o``, SAR auxiliary
+``a_s`` -- into the fused logits ``z``. Per row ``i``, with ``m`` in (src, o, s) (the paper's S, O, R; suffixes as in
+:mod:`esccs.ops._common`) and all teacher quantities at temperature 1 unless stated:
 
-- ``p^m = softmax(t_m)``; reference label ``ybar = argmax(p^S + p^O + p^R)`` (``reference="source"``: ``argmax p^S``);
+- ``p^m = softmax(t_m)``; reference label ``ybar = argmax(p^src + p^o + p^s)`` (``reference="source"``:
+  ``argmax p^src``);
 - contribution ``c^m = p^m[ybar]`` (``score="entropy"``: ``c^m = clamp(1 - H(p^m) / log K, 0, 1)``, ``1`` if K = 1);
-- discrepancy ratio ``rho = (c^O + eps) / (c^R + eps)``;
+- discrepancy ratio ``rho = (c^o + eps) / (c^s + eps)``;
 - teacher weights ``pi^m = (c^m)^gamma / sum_m' (c^m')^gamma`` (``1/3`` each when the sum is 0, e.g. all-uniform
   teachers under ``score="entropy"``);
 - balancing ``k``: if ``rho > 1``: ``k_o = max(k_min, 1 - tanh(alpha (rho - 1)))``, ``k_s = 1``; else
@@ -25,7 +27,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-REDUCTIONS = ("mean", "sum", "none")
+from esccs.ops._common import check_logits, check_loss_args, kd_rows, reduce_rows
+
 REFERENCES = ("consensus", "source")
 SCORES = ("prob", "entropy")
 FORMS = ("continuous", "ogm")
@@ -59,32 +62,6 @@ def validate_weight_args(gamma: float, reference: str, score: str, form: str) ->
         raise ValueError(f"irm_kd: gamma must be >= 0, got {gamma}")
 
 
-def validate_logits(*tensors: torch.Tensor) -> None:
-    """Raise ``ValueError`` unless all tensors are ``(B, K)`` with one common shape and ``K >= 1``."""
-    shapes = [tuple(int(d) for d in t.shape) for t in tensors]  # ints: traced shapes are tensors
-    if any(len(s) != 2 for s in shapes) or len(set(shapes)) != 1:
-        raise ValueError(f"irm_kd: logits must all have one shape (B, K), got {shapes}")
-    if shapes[0][1] < 1:
-        raise ValueError(f"irm_kd: need K >= 1 classes, got shape {shapes[0]}")
-
-
-def validate_loss_args(temperature: float, reduction: str) -> None:
-    """Raise ``ValueError`` for a non-positive temperature or an unknown reduction."""
-    if not temperature > 0:
-        raise ValueError(f"irm_kd: temperature must be > 0, got {temperature}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"irm_kd: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-
-
-def reduce_rows(rows: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Apply ``reduction`` to the per-row loss ``rows`` ``(B,)``: scalar mean / sum, or ``rows`` itself."""
-    if reduction == "mean":
-        return rows.mean()
-    if reduction == "sum":
-        return rows.sum()
-    return rows
-
-
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """float64 if any input is float64, else float32 (half inputs are upcast, as in the kernel)."""
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
@@ -108,16 +85,15 @@ def irm_weights_reference(
         alpha: Slope of the balancing coefficients.
         k_min: Floor of the balancing coefficients.
         eps: Stabiliser of the discrepancy ratio.
-        reference: ``"consensus"`` (argmax of the summed teacher probabilities) or ``"source"`` (argmax ``p^S``).
+        reference: ``"consensus"`` (argmax of the summed teacher probabilities) or ``"source"`` (argmax ``p^src``).
         score: ``"prob"`` (``p^m[ybar]``) or ``"entropy"`` (``1 - H(p^m) / log K``).
         form: ``"continuous"`` (``1 - tanh(alpha (rho - 1))``) or ``"ogm"`` (``1 - tanh(alpha rho)``).
 
     Returns:
         ``(pi (B, 3), rho (B,), k (B, 2), ybar (B,) int64)``, in float32 (float64 for float64 inputs).
     """
-    validate_logits(u, a_o, a_s)
+    _, n_cls = check_logits("irm_kd", u=u, a_o=a_o, a_s=a_s)
     validate_weight_args(gamma, reference, score, form)
-    n_cls = u.shape[1]
     with torch.no_grad():
         logits = torch.stack([u, a_o, a_s]).to(compute_dtype(u, a_o, a_s))  # (3, B, K)
         p = logits.softmax(-1)
@@ -141,13 +117,6 @@ def irm_weights_reference(
     return pi, rho, torch.stack([k_o, k_s], 1), ybar
 
 
-def kd_rows(z: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``KD_T(z, t) = T^2 sum_k q_t (log q_t - log q_z)`` per row, ``q = softmax(. / T)``; ``(B, K) -> (B,)``."""
-    log_qz = F.log_softmax(z / temperature, dim=-1)
-    log_qt = F.log_softmax(t / temperature, dim=-1)
-    return temperature**2 * (log_qt.exp() * (log_qt - log_qz)).sum(-1)
-
-
 def irm_kd_reference(
     z: torch.Tensor, u: torch.Tensor, a_o: torch.Tensor, a_s: torch.Tensor, *, temperature: float = 4.0,
     gamma: float = 1.0, beta: float = 0.5, alpha: float = 0.5, k_min: float = 0.1, eps: float = 1e-6,
@@ -166,7 +135,7 @@ def irm_kd_reference(
         alpha: Slope of the balancing coefficients.
         k_min: Floor of the balancing coefficients.
         eps: Stabiliser of the discrepancy ratio.
-        reference: ``"consensus"`` (argmax of the summed teacher probabilities) or ``"source"`` (argmax ``p^S``).
+        reference: ``"consensus"`` (argmax of the summed teacher probabilities) or ``"source"`` (argmax ``p^src``).
         score: ``"prob"`` (``p^m[ybar]``) or ``"entropy"`` (``1 - H(p^m) / log K``).
         form: ``"continuous"`` (``1 - tanh(alpha (rho - 1))``) or ``"ogm"`` (``1 - tanh(alpha rho)``).
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` over the per-row loss.
@@ -175,8 +144,8 @@ def irm_kd_reference(
         :class:`IRMKDOutput` ``(loss, pi (B, 3), rho (B,), k (B, 2))``; the loss is float32 (float64 for float64
         inputs).
     """
-    validate_logits(z, u, a_o, a_s)
-    validate_loss_args(temperature, reduction)
+    check_logits("irm_kd", z=z, u=u, a_o=a_o, a_s=a_s)
+    check_loss_args("irm_kd", temperature, reduction)
     pi, rho, k, ybar = irm_weights_reference(u, a_o, a_s, gamma=gamma, alpha=alpha, k_min=k_min, eps=eps,
                                              reference=reference, score=score, form=form)
     dt = pi.dtype

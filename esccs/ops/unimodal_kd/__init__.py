@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from esccs.ops._common import Reduction
 from esccs.ops._dispatch import use_fused
-from esccs.ops.unimodal_kd.reference import Reduction, check_args, unimodal_kd_reference
+from esccs.ops.unimodal_kd.reference import check_args, unimodal_kd_reference
 
 
 def unimodal_kd(z_o: torch.Tensor, z_s: torch.Tensor, a_o: torch.Tensor, a_s: torch.Tensor, *,

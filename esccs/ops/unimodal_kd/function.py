@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from esccs.ops.unimodal_kd.reference import reduce
+from esccs.ops._common import reduce_rows
 
 
 class UnimodalKDFunction(torch.autograd.Function):
@@ -27,7 +27,7 @@ class UnimodalKDFunction(torch.autograd.Function):
         ctx.reduction = reduction
         if with_grad:
             ctx.save_for_backward(dz_o, dz_s)
-        return reduce(loss, reduction)
+        return reduce_rows(loss, reduction)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
