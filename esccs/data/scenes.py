@@ -2,7 +2,7 @@
 
 A scene class is composed of land-cover *elements* (water, forest, grass, roofs, roads, ...), each with a 13-band
 L1C spectral prototype (DN = reflectance x 10000) and a VV/VH backscatter prior in dB. The compositions are chosen
-so that the transfer method matters (see ``../shared/data.md``):
+so that the transfer method matters (see ``docs/data.md``):
 
 - cloud-free optical is the strongest cue;
 - SAR alone is weaker but cloud-proof: Herbaceous, Scrub and Road share their backscatter (grass and scrub have

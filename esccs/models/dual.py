@@ -1,7 +1,7 @@
 """Dual-branch optical + SAR target model f_T with decomposed unimodal logits and per-sample modality weights.
 
-Late fusion by concatenation (method.md, step 2): ``z = W_o h_o + W_s h_s + b`` with one linear head whose weight is
-split by columns into ``W_o`` and ``W_s``. The unimodal logits follow the OGM-GE convention (``GeWu-Lab/OGM-GE``):
+Late fusion by concatenation (docs/method.md, step 2): ``z = W_o h_o + W_s h_s + b`` with one linear head whose weight
+is split by columns into ``W_o`` and ``W_s``. The unimodal logits follow the OGM-GE convention (``GeWu-Lab/OGM-GE``):
 ``z_o = W_o h_o + b/2``, ``z_s = W_s h_s + b/2``, so ``z = z_o + z_s`` and the split costs no parameters. During
 step 2 the IRM-B factors ``k`` (``(B, 2)``) scale, per sample, the gradient that the *fused* logits send into each
 encoder (:func:`esccs.ops.grad_scale.grad_scale`); ``z_o`` and ``z_s`` read the unscaled features, so branch

@@ -1,4 +1,4 @@
-"""Evaluate a method on the labelled target test split: scores and the imbalance diagnostics of method.md.
+"""Evaluate a method on the labelled target test split: scores and the imbalance diagnostics of docs/method.md.
 
 Scores come overall, per cloud stratum and per finer coverage bin; the diagnostics are the accuracy of z^o and z^s
 alone, the mean modality weights, and the mean IRM teacher weights pi and balancing coefficients k.

@@ -1,9 +1,9 @@
 """Step-1 pseudo-label filters on the source model's logits (numpy; pluggable policies).
 
-KDHN's exact rule is not public; the default (method.md) keeps a sample when its max softmax probability is at least
-``tau`` and gives every predicted class a floor of ``n_min = max(min_per_class, frac_per_class * predicted count)``
-most-confident samples, so rare classes are not starved. Other policies rank by entropy or by the top-1 / top-2
-logit margin; ``classwise_topq`` keeps the top ``q`` fraction of each predicted class.
+KDHN's exact rule is not public; the default (docs/method.md) keeps a sample when its max softmax probability is at
+least ``tau`` and gives every predicted class a floor of ``n_min = max(min_per_class, frac_per_class * predicted
+count)`` most-confident samples, so rare classes are not starved. Other policies rank by entropy or by the top-1 /
+top-2 logit margin; ``classwise_topq`` keeps the top ``q`` fraction of each predicted class.
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from esccs.io import raster
 from esccs.io.names import PatchName
 from esccs.spec import IGBP_SIMPLE_CLASSES, S2_BANDS, S2_L2A_12_BANDS, S2_LAND_BANDS
 
-REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "s2-real-example"
+#: a real Sentinel-2 patch (strath-ai/SatelliteCloudGenerator, Apache-2.0: see its LICENSE and README), in the repo
+REAL = Path(__file__).resolve().parent / "s2-real-example"
 TINY = dict(samples=24, size=32, patches_per_scene=4, workers=1)
 
 
@@ -243,7 +244,6 @@ def test_malicious_pickle_is_refused(tmp_path):
 # The real Sentinel-2 fixture: a 12-band L2A float stack in EPSG:4326
 # ---------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not (REAL / "clean.tif").exists(), reason="shared/data/s2-real-example is not beside the repo")
 def test_real_l2a_fixture_needs_an_explicit_band_map():
     path = REAL / "clean.tif"
     with pytest.raises(DTypeError, match=r"clean\.tif: s2 must be integer DN"):

@@ -1,6 +1,6 @@
 """``grad_scale`` specification: identity forward, row-wise gradient scaling backward (pure PyTorch).
 
-IRM-B (method.md) multiplies the fused-path gradient of sample ``i``'s modality features by ``k_i``: the encoder of
+IRM-B (docs/method.md) multiplies the fused-path gradient of sample ``i``'s modality features by ``k_i``: the encoder of
 the modality that is superior on that sample gets a smaller share, so the other encoder must explain the label.
 """
 

@@ -1,7 +1,7 @@
 """``irm_kd``: the IRM-weighted three-teacher KD + consensus CE of step 2, fused with its gradient.
 
 One pass per row gives the teacher weights, the discrepancy ratio, the balancing coefficients, the per-row loss and
-its gradient wrt the fused logits (method.md, "Step 2" and "Fused ops").
+its gradient wrt the fused logits (docs/method.md, "Step 2" and "Fused ops").
 """
 
 from __future__ import annotations

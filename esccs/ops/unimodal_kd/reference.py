@@ -1,6 +1,6 @@
 """``unimodal_kd`` specification: temperature-scaled KD of both branch heads against their auxiliary teachers.
 
-Branch distillation (method.md) keeps both encoders informative: the optical head ``z^o`` follows the optical
+Branch distillation (docs/method.md) keeps both encoders informative: the optical head ``z^o`` follows the optical
 auxiliary ``a^o`` and the SAR head ``z^s`` follows the SAR auxiliary ``a^s``. Pure PyTorch: the test oracle, the CPU
 path and the export path of the fused kernel.
 """

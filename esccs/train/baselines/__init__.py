@@ -1,1 +1,1 @@
-"""Baseline recipes that need more than the shared stages: SPL, TTL, CycIT, GDL (see ../shared/method.md)."""
+"""Baseline recipes that need more than the shared stages: SPL, TTL, CycIT, GDL (see docs/method.md)."""
