@@ -2,7 +2,7 @@
 
 ::
 
-    producer thread ──submits── reader pool (K threads, own GDAL handles)
+    producer thread ──submits── reader pool (1 thread, or K worker processes: runtime/workers.py)
          │   takes a free slot of the ring, reads B jobs straight into its rows (read(out=...))
          ▼
     bounded queue (depth D) ── main thread: wait for the slot's reads, run the backend on the good rows,
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import queue
 import resource
+import shutil
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from esccs.runtime import outputs as out_mod
 from esccs.runtime.model import Model, default_threads
 from esccs.runtime.reader import Bands, TileReader, configure_gdal
 from esccs.runtime.sources import Source
+from esccs.runtime.workers import make_pool
 
 
 @dataclass
@@ -68,7 +69,9 @@ class _Slot:
 
 
 @dataclass
-class _Stats:
+class RunStats:
+    """Counters of one processing loop (the summary's figures)."""
+
     read_wait_s: float = 0.0
     backend_s: float = 0.0
     batches: int = 0
@@ -77,11 +80,14 @@ class _Stats:
 
 
 def side_paths(outputs: list[Path]) -> dict[str, Path]:
-    """Manifest, summary and errors files beside the first output (``out.csv`` -> ``out.manifest.jsonl`` ...)."""
+    """Manifest, summary and errors files beside the first output (``out.csv`` -> ``out.manifest.jsonl`` ...).
+
+    ``shards`` is the folder of committed shard files of an ``--engine ray`` run (merged into the manifest at its end).
+    """
     base = outputs[0].with_suffix("")
     return {"base": base, "manifest": base.with_name(base.name + ".manifest.jsonl"),
             "summary": base.with_name(base.name + ".summary.json"),
-            "errors": base.with_name(base.name + ".errors.csv")}
+            "errors": base.with_name(base.name + ".errors.csv"), "shards": base.with_name(base.name + ".shards")}
 
 
 def _prepare(outputs: list[Path], opts: InferOptions) -> tuple[dict[str, Path], out_mod.Manifest, list[dict]]:
@@ -90,6 +96,10 @@ def _prepare(outputs: list[Path], opts: InferOptions) -> tuple[dict[str, Path], 
     for p in outputs:
         out_mod.output_format(p)
     side = side_paths(outputs)
+    if side["shards"].exists() and not opts.overwrite:
+        raise ConfigError(f"{side['shards']}: shards of an unfinished `--engine ray` run; finish it with --engine ray "
+                          "--resume, or pass --overwrite to start again")
+    shutil.rmtree(side["shards"], ignore_errors=True)
     manifest = out_mod.Manifest(side["manifest"])
     if side["manifest"].exists() and not opts.resume:
         if not opts.overwrite:
@@ -118,37 +128,50 @@ def run_inference(source: Source, model: Model, outputs: list[Path], opts: Infer
     scan_errors = [{"id": Path(p).stem, "path": p, "reason": why, "kind": "unpaired or unrecognised file",
                     "status": "error"} for p, why in source.skipped if Path(p).stem not in done]
     manifest.append(scan_errors)
-    bands = Bands(model.info.optical_bands, model.info.sar_bands, model.info.patch_size)
-    reader = TileReader(bands, keep_open=source.kind == "scene", checked_grid=source.kind == "scene")
-    stats = _Stats(tiles_failed=len(scan_errors))
+    reader = make_reader(model, source.kind)
+    stats = RunStats(tiles_failed=len(scan_errors))
     t0 = time.perf_counter()
     try:
-        _run(todo, reader, model, manifest, opts, stats)
+        run_jobs(todo, reader, model, manifest, opts, stats)
     finally:
         manifest.close()
     wall = time.perf_counter() - t0
-    final = out_mod.finalize(side["manifest"], outputs, side["errors"], source.grid if source.kind == "scene" else None)
-    if final["cells"] is not None:
-        final["written"] += list(out_mod.write_scene_maps(side["base"], source.grid, final["cells"],
-                                                          model.info.classes))
-    summary = _summary(source, model, opts, stats, wall, len(jobs), len(done), final, side, gdal)
+    final = render_outputs(source, model.info.classes, outputs, side)
+    summary = run_summary(source, model, opts, stats, wall, len(jobs), len(done), final, side, gdal)
     summary["finalize_seconds"] = round(time.perf_counter() - t0 - wall, 3)  # tables rendered from the manifest
     out_mod.write_summary(side["summary"], summary)
     return summary
 
 
-def _run(todo: list, reader: TileReader, model: Model, manifest: out_mod.Manifest, opts: InferOptions,
-         stats: _Stats) -> None:
-    """Producer, reader pool, backend loop (this thread) and writer, until ``todo`` is done or an error stops it."""
+def make_reader(model: Model, kind: str) -> TileReader:
+    """The run's reader: scene windows keep their files open and were grid-checked up front; tiles are checked each."""
+    bands = Bands(model.info.optical_bands, model.info.sar_bands, model.info.patch_size)
+    return TileReader(bands, keep_open=kind == "scene", checked_grid=kind == "scene")
+
+
+def render_outputs(source: Source, classes: tuple[str, ...], outputs: list[Path], side: dict[str, Path]) -> dict:
+    """Tables, errors CSV and (scene mode) the class / confidence GeoTIFFs, all rendered from the whole manifest."""
+    final = out_mod.finalize(side["manifest"], outputs, side["errors"], source.grid if source.kind == "scene" else None)
+    if final["cells"] is not None:
+        final["written"] += list(out_mod.write_scene_maps(side["base"], source.grid, final["cells"], classes))
+    return final
+
+
+def run_jobs(todo: list, reader: TileReader, model: Model, manifest: out_mod.Manifest, opts: InferOptions,
+             stats: RunStats) -> None:
+    """Producer, reader pool, backend loop (this thread) and writer, until ``todo`` is done or an error stops it.
+
+    ``manifest`` is anything with ``append(rows)`` (called from the writer thread, once per batch).
+    """
     b, p = opts.batch_size, model.info.patch_size
     c_o, c_s = len(model.info.optical_bands), len(model.info.sar_bands)
+    pool = make_pool(reader, opts.readers)  # 1 thread, or worker processes reading into shared-memory rows
     free: queue.Queue = queue.Queue()
     for _ in range(opts.queue_depth + 2):
-        free.put(_Slot(np.empty((b, c_o, p, p), np.float32), np.empty((b, c_s, p, p), np.float32)))
+        free.put(_Slot(pool.buffer((b, c_o, p, p)), pool.buffer((b, c_s, p, p))))
     ready: queue.Queue = queue.Queue(maxsize=opts.queue_depth)
     done_q: queue.Queue = queue.Queue()
     stop = threading.Event()
-    pool = ThreadPoolExecutor(max_workers=opts.readers, thread_name_prefix="esccs-read")
     producer = threading.Thread(target=_produce, args=(todo, b, reader, pool, free, ready, stop), daemon=True,
                                 name="esccs-produce")
     writer = threading.Thread(target=_write, args=(manifest, done_q, len(todo), opts.progress), daemon=True,
@@ -175,6 +198,7 @@ def _run(todo: list, reader: TileReader, model: Model, manifest: out_mod.Manifes
         done_q.put(None)
         writer.join()
         pool.shutdown(wait=True)
+        reader.absorb(pool)  # worker processes' counts of fast / rasterio reads
         reader.close()  # scene mode kept one handle per file and thread
     if getattr(writer, "error", None):
         raise writer.error
@@ -187,7 +211,7 @@ def _produce(todo, b, reader, pool, free, ready, stop) -> None:
             if stop.is_set():
                 return
             chunk = todo[start:start + b]
-            futures = [pool.submit(_read_one, reader, job, slot, i) for i, job in enumerate(chunk)]
+            futures = pool.submit_batch(_read_one, reader, chunk, slot)
             ready.put((slot, chunk, futures))
         ready.put(None)
     except BaseException as err:  # noqa: BLE001 - handed to the main thread
@@ -216,7 +240,7 @@ def _read_one(reader: TileReader, job, slot: _Slot, i: int) -> dict:
                 "kind": type(e).__name__, "status": "error"}
 
 
-def _classify(model: Model, slot: _Slot, chunk: list, results: list[dict], stats: _Stats) -> list[dict]:
+def _classify(model: Model, slot: _Slot, chunk: list, results: list[dict], stats: RunStats) -> list[dict]:
     """Run the backend on the rows that read well; return manifest rows for the whole chunk."""
     good = [i for i, r in enumerate(results) if r["status"] == "ok"]
     stats.tiles_failed += len(results) - len(good)
@@ -271,8 +295,9 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
 
 
-def _summary(source: Source, model: Model, opts: InferOptions, stats: _Stats, wall: float, n_jobs: int,
-             n_before: int, final: dict, side: dict, gdal: dict) -> dict:
+def run_summary(source: Source, model: Model, opts: InferOptions, stats: RunStats, wall: float, n_jobs: int,
+                n_before: int, final: dict, side: dict, gdal: dict) -> dict:
+    """The run summary (``<out>.summary.json``): counts, failure reasons, settings, speed, memory, outputs."""
     processed = stats.tiles_ok + stats.tiles_failed
     written = final["written"]
     return {

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 #: exit status when the run finished but some tiles failed (their reasons are in the errors file)
 EXIT_TILES_FAILED = 3
+#: options of --engine ray only (name -> flag)
+RAY_FLAGS = {"address": "--address", "actors": "--actors", "cpus_per_actor": "--cpus-per-actor",
+             "gpus_per_actor": "--gpus-per-actor", "shard_size": "--shard-size"}
 
 
 @click.command()
@@ -37,9 +41,25 @@ EXIT_TILES_FAILED = 3
 @click.option("--part", default=None, help="Part of an `esccs data synth` folder (default: target).")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N tiles (smoke runs).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def infer(src: Path, model_path: Path, sar: Path | None, cloud_mask: Path | None, stride: int | None, backend: str,
-          device: str, batch_size: int, outs: tuple[Path, ...], resume: bool, overwrite: bool, workers: int,
-          threads: int | None, part: str | None, limit: int | None, quiet: bool) -> None:
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process. ray: Ray Data actors, locally or on a cluster (pip install 'esccs[ray]').")
+@click.option("--address", envvar="RAY_ADDRESS", show_envvar=True, default=None,
+              help="Ray: the cluster to join (auto, HOST:PORT, ray://HOST:PORT) [default: start a local Ray with "
+                   "this machine's cores].")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="Ray: model actors [default: as many as the cluster's CPUs (or GPUs) allow].")
+@click.option("--cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Ray: CPUs reserved per actor (its backend threads unless --threads is given).")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Ray: GPUs per actor (1 = one GPU each; 0.5 = two actors share one).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=None,
+              help="Ray: tiles per shard, the unit of retry and commit [default: 8 batches].")
+@click.pass_context
+def infer(ctx: click.Context, src: Path, model_path: Path, sar: Path | None, cloud_mask: Path | None,
+          stride: int | None, backend: str, device: str, batch_size: int, outs: tuple[Path, ...], resume: bool,
+          overwrite: bool, workers: int, threads: int | None, part: str | None, limit: int | None, quiet: bool,
+          engine: str, address: str | None, actors: int | None, cpus_per_actor: float, gpus_per_actor: float,
+          shard_size: int | None) -> None:
     """Classify every tile of SRC (a folder) or every window of a scene (SRC = optical GeoTIFF with --sar).
 
     \b
@@ -55,13 +75,33 @@ def infer(src: Path, model_path: Path, sar: Path | None, cloud_mask: Path | None
     Exit status: 0 all tiles classified; 3 finished but some tiles failed (see the errors file); 1 the run
     could not start or stopped (interrupted? rerun with --resume).
     \b
+    --engine ray runs the same jobs on Ray Data actors (each loads the model once) and writes the same outputs:
+    shards are committed whole (temp file + rename), a killed actor is retried by Ray, a killed run is finished
+    by --resume; one row per tile. On a cluster the model, tiles and outputs must be at the same paths on every
+    node (a shared filesystem, or /vsis3/... paths GDAL reads). See README "Scale-out inference (Ray)".
+    \b
     esccs infer demo/data --model demo/model.onnx --out demo/predictions.csv --out demo/predictions.geojson
     esccs infer scene_s2.tif --sar scene_s1.tif --model model.onnx --out scene.csv
+    esccs infer demo/data --model demo/model.onnx --out demo/ray.csv --engine ray --actors 2
+    esccs infer /shared/tiles --model /shared/m.onnx --out /shared/p.csv --engine ray --address auto --gpus-per-actor 1
     """
     from esccs.runtime import InferOptions, load_model, open_scene, open_tiles, run_inference
+    from esccs.runtime.model import backend_for
 
+    if engine == "local":
+        given = [flag for name, flag in RAY_FLAGS.items()
+                 if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.ENVIRONMENT)]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} belong to --engine ray")
     outputs = list(outs) or [Path("predictions.csv")]
-    model = load_model(model_path, backend=backend, device=device, threads=threads)
+    if engine == "ray":  # the driver's copy only gives the metadata: the actors load their own
+        from esccs.runtime.ray_engine import import_ray
+
+        import_ray()  # Ray missing: the install hint before anything else
+        native = backend_for(model_path, backend)
+        model = load_model(model_path, backend=backend, device=device if native == "tensorrt" else "cpu", threads=1)
+    else:
+        model = load_model(model_path, backend=backend, device=device, threads=threads)
     if src.is_file():
         if sar is None:
             raise click.UsageError("SRC is a file: scene mode needs its SAR partner (--sar SAR.tif)")
@@ -79,14 +119,25 @@ def infer(src: Path, model_path: Path, sar: Path | None, cloud_mask: Path | None
     opts = InferOptions(batch_size=batch_size, readers=workers, resume=resume, overwrite=overwrite,
                         progress=not quiet, limit=limit)
     try:
-        s = run_inference(source, model, outputs, opts)
+        if engine == "ray":
+            from esccs.runtime.ray_engine import RayOptions, run_inference_ray
+
+            ray_opts = RayOptions(address=address, actors=actors, cpus_per_actor=cpus_per_actor,
+                                  gpus_per_actor=gpus_per_actor, threads=threads, shard_size=shard_size, device=device,
+                                  backend=backend)
+            s = run_inference_ray(source, model, outputs, opts, ray_opts)
+        else:
+            s = run_inference(source, model, outputs, opts)
     except KeyboardInterrupt:
-        raise click.ClickException("interrupted; finished tiles are in the manifest: rerun with --resume") from None
+        where = "committed shards are kept" if engine == "ray" else "finished tiles are in the manifest"
+        raise click.ClickException(f"interrupted; {where}: rerun with --resume") from None
     finally:
         model.close()
     click.echo(f"classified {s['classified']} of {s['jobs']} tiles, {s['failed']} failed, "
                f"{s['tiles_per_second']} tiles/s this run ({s['seconds']} s; backend alone "
                f"{s['backend_tiles_per_second']} tiles/s), peak RSS {s['peak_rss_mb']} MiB")
+    if engine == "ray":
+        _echo_ray(s)
     for path in s["outputs"]:
         click.echo(f"wrote {path}")
     click.echo(f"summary: {s['manifest'].replace('.manifest.jsonl', '.summary.json')}")
@@ -95,3 +146,17 @@ def infer(src: Path, model_path: Path, sar: Path | None, cloud_mask: Path | None
             click.echo(f"  {n} x {why}", err=True)
         click.echo(f"{s['failed']} tiles failed: see {s['errors_file']}", err=True)
         raise SystemExit(EXIT_TILES_FAILED)
+
+
+def _echo_ray(s: dict) -> None:
+    """Ray settings and the per-actor figures of a run (also in the summary JSON)."""
+    r = s["ray"]
+    click.echo(f"ray {r['ray_version']} at {r['address']} ({'local, ' if r['started_local'] else ''}{r['nodes']} "
+               f"nodes, {r['cpus']:g} CPUs, {r['gpus']:g} GPUs; start-up {r['startup_seconds']} s): {r['actors']} "
+               f"actors x ({r['cpus_per_actor']:g} CPU, {r['gpus_per_actor']:g} GPU, {r['threads_per_actor']} "
+               f"threads), {r['shards_this_run']} shards of {r['shard_size']}; first result after "
+               f"{r['first_result_seconds']} s, then {r['steady_tiles_per_second']} tiles/s")
+    for a in s["actors"]:
+        click.echo(f"  actor {a['actor'][:8]} on {a['host']}: {a['tiles']} tiles in {a['shards']} shards, "
+                   f"{a['tiles_per_second']} tiles/s, {a['waiting_for_reads_seconds']} s waiting for reads"
+                   + (f", {a['restarts']} restarts" if a["restarts"] else ""))
