@@ -22,7 +22,7 @@ $(BIN)/python:
 
 $(STAMP): setup.py pyproject.toml | $(BIN)/python
 	$(PIP) install $(TORCH)
-	$(PIP) install -e '.[train,dev]'
+	$(PIP) install -e '.[train,dev,ray]'
 	@$(BIN)/python -c "import torch; print('installed esccs with torch', torch.__version__)"
 	touch $(STAMP)
 

@@ -40,6 +40,8 @@ setup(
         # cuda-python gives the TensorRT runtime its pinned/device buffers, streams and CUDA graphs without torch.
         "gpu": ["onnxruntime-gpu>=1.17", "tensorrt>=10", "cuda-python>=12"],
         "parquet": ["pyarrow>=14"],
+        # `esccs infer --engine ray`: Ray Data actor pools, locally or on a cluster (a 79 MB wheel for cp311).
+        "ray": ["ray[data]==2.60.*"],
         "runtime": ["onnxruntime>=1.17"],  # already in the base install; named so install hints always resolve
         "dev": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "import-linter>=2.1", "ruff>=0.6", "build>=1",
                 "pyarrow>=14"],
