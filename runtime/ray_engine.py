@@ -323,7 +323,6 @@ def connect(address: str | None, num_cpus: int, timeout: float) -> dict[str, Any
     kw = {"include_dashboard": False, "logging_level": logging.WARNING}
     try:
         if address in (None, "", "local"):
-            os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray's default for a local cluster, said explicitly
             ray.init(address="local", num_cpus=num_cpus, **kw)
         else:
             target = _resolve(ray, address)
