@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+import rasterio.shutil
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.transform import Affine
 
 from esccs.errors import BandError, CorruptRasterError, DTypeError, GridMismatchError
 from esccs.io.atomic import atomic_path
+from esccs.io.tiff_profiles import TIFF_PROFILES
 from esccs.spec import RASTER_SPECS
 
 #: GDAL settings for many small files read once: no directory listing on open, bounded block cache.
@@ -91,11 +93,13 @@ def check_same_grid(infos: Sequence[RasterInfo]) -> None:
     ref = infos[0]
     for other in infos[1:]:
         what = None
-        if (ref.crs is None) != (other.crs is None) or (ref.crs is not None and ref.crs != other.crs):
+        same_crs = ref.crs is other.crs or (ref.crs is not None and other.crs is not None and ref.crs == other.crs)
+        if not same_crs:
             what = f"CRS {other.crs} differs from {ref.crs} of {Path(ref.path).name}"
         elif (ref.width, ref.height) != (other.width, other.height):
             what = f"size {other.width}x{other.height} differs from {ref.width}x{ref.height} of {Path(ref.path).name}"
-        elif not ref.transform.almost_equals(other.transform, precision=1e-6 * max(abs(ref.transform.a), 1e-12)):
+        elif ref.transform != other.transform and not ref.transform.almost_equals(
+                other.transform, precision=1e-6 * max(abs(ref.transform.a), 1e-12)):
             what = f"transform differs from that of {Path(ref.path).name}"
         if what:
             raise GridMismatchError(other.path, what)
@@ -126,7 +130,8 @@ def read(path: str | os.PathLike, indexes: Sequence[int] | None = None, dtype: s
 
 def write(path: str | os.PathLike, array: np.ndarray, crs: CRS | str | int, transform: Affine, *,
           band_names: Sequence[str] | None = None, nodata: float | None = None, compress: str | None = None,
-          colormap: dict[int, tuple[int, int, int, int]] | None = None, tags: dict[str, str] | None = None) -> Path:
+          colormap: dict[int, tuple[int, int, int, int]] | None = None, tags: dict[str, str] | None = None,
+          profile: str | dict[str, object] | None = None) -> Path:
     """Write a ``(C, H, W)`` (or ``(H, W)``) array as a GeoTIFF, atomically (temp file + rename).
 
     Args:
@@ -136,27 +141,41 @@ def write(path: str | os.PathLike, array: np.ndarray, crs: CRS | str | int, tran
         transform: the affine pixel -> CRS transform.
         band_names: written as band descriptions.
         nodata: nodata value, if any.
-        compress: GDAL compression (``deflate``, ``lzw``), none by default (fastest, like SEN12MS).
+        compress: GDAL compression (``deflate``, ``lzw``) in 256 px tiles; none by default (like SEN12MS).
         colormap: a colour table for band 1 (uint8 class maps).
         tags: dataset-level metadata tags.
+        profile: a :data:`TIFF_PROFILES` name or GDAL creation options (``{"driver": "COG", ...}`` for a COG);
+            default ``sen12ms`` (GDAL's default layout).
     """
     arr = array[None] if array.ndim == 2 else array
     if isinstance(crs, int):
         crs = CRS.from_epsg(crs)
-    profile = {
-        "driver": "GTiff", "width": arr.shape[2], "height": arr.shape[1], "count": arr.shape[0],
-        "dtype": arr.dtype.name, "crs": crs, "transform": transform, "nodata": nodata,
-    }
+    options = dict(TIFF_PROFILES[profile] if isinstance(profile, str) else (profile or {}))
     if compress:
-        profile.update(compress=compress, tiled=True, blockxsize=256, blockysize=256)
-    with atomic_path(path) as tmp, rasterio.Env(**GDAL_ENV), rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(arr)
-        for i, name in enumerate(band_names or (), start=1):
-            dst.set_band_description(i, name)
-        if colormap:
-            dst.write_colormap(1, colormap)
-        if tags:
-            dst.update_tags(**tags)
+        options.update(compress=compress, tiled=True)
+    driver = options.pop("driver", "GTiff")
+    if options.get("tiled"):
+        block = 256 if min(arr.shape[1:]) >= 256 else 16 * -(-max(arr.shape[1:]) // 16)
+        options.setdefault("blockxsize", block)
+        options.setdefault("blockysize", block)
+    meta = {"driver": "GTiff", "width": arr.shape[2], "height": arr.shape[1], "count": arr.shape[0],
+            "dtype": arr.dtype.name, "crs": crs, "transform": transform, "nodata": nodata}
+    with atomic_path(path) as tmp, rasterio.Env(**GDAL_ENV):
+        plain = tmp if driver == "GTiff" else Path(f"{tmp}.plain.tif")
+        try:
+            with rasterio.open(plain, "w", **meta, **(options if driver == "GTiff" else {})) as dst:
+                dst.write(arr)
+                for i, name in enumerate(band_names or (), start=1):
+                    dst.set_band_description(i, name)
+                if colormap:
+                    dst.write_colormap(1, colormap)
+                if tags:
+                    dst.update_tags(**tags)
+            if driver != "GTiff":  # COG and other copy-only drivers: write plainly, then translate
+                rasterio.shutil.copy(plain, tmp, driver=driver, **options)
+        finally:
+            if plain != tmp:
+                Path(plain).unlink(missing_ok=True)
     return Path(path)
 
 
