@@ -70,11 +70,12 @@ def bad_folder(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def cli_run(bad_folder, onnx_path, tmp_path_factory):
+@pytest.fixture(scope="module", params=["auto", "rasterio"])
+def cli_run(request, bad_folder, onnx_path, tmp_path_factory):
+    """One run per read path: the fast path (default) and the rasterio path forced (ESCCS_READER=rasterio)."""
     out = tmp_path_factory.mktemp("bad-out") / "res.csv"
     result = CliRunner().invoke(cli, ["infer", str(bad_folder), "--model", str(onnx_path), "--out", str(out),
-                                      "--quiet", "--threads", "1"])
+                                      "--quiet", "--threads", "1"], env={"ESCCS_READER": request.param})
     return result, out
 
 

@@ -58,11 +58,12 @@ def test_jobs_point_at_the_cloudy_file_even_when_it_is_missing(damaged):
     assert all("_s2_cloudy_" in j.optical for j in jobs.values())
 
 
-def test_each_damaged_tile_fails_alone_with_its_cloudy_file_named(damaged, onnx_path, ort_model, tmp_path):
+@pytest.mark.parametrize("reader", ["auto", "rasterio"])  # the fast path, and the rasterio path forced
+def test_each_damaged_tile_fails_alone_with_its_cloudy_file_named(damaged, onnx_path, ort_model, tmp_path, reader):
     root, bad = damaged
     out = tmp_path / "res.csv"
     result = CliRunner().invoke(cli, ["infer", str(root), "--model", str(onnx_path), "--out", str(out), "--quiet",
-                                      "--threads", "1"])
+                                      "--threads", "1"], env={"ESCCS_READER": reader})
     assert result.exit_code == 3, result.output
     errors = {r["id"]: r for r in read_csv(out.with_name("res.errors.csv"))}
     assert sorted(errors) == sorted(bad)
