@@ -9,10 +9,11 @@ import click
 
 from esccs.cli._options import int_list
 
-METHOD_HELP = ("esccs (default), source-only, optical-only, sar-only, kd-s, tlf, tlf-late, kdhn, spl, ttl, cycit, "
-               "gdl, a comma list, or all")
+METHOD_HELP = ("esccs (our recipe), esccs-paper (docs/method.md's recipe), source-only, optical-only, sar-only, kd-s, "
+               "tlf, tlf-late, kdhn, spl, ttl, cycit, gdl, oracle-dual, oracle-optical, oracle-sar (upper bounds "
+               "trained with target labels), a comma list, or all")
 ABLATION_HELP = ("no-irm, irm-a, irm-b, no-filter, maxprob-filter, step2-filter, source-ref, single-step, "
-                 "a comma list, or all")
+                 "no-cloud-step1, hard-clouded, teacher-vote, no-rounds, a comma list, or all")
 
 
 @click.command()
@@ -20,8 +21,8 @@ ABLATION_HELP = ("no-irm, irm-a, irm-b, no-filter, maxprob-filter, step2-filter,
               help="Data set from `esccs data synth` (or with the same source/ and target/ parts).")
 @click.option("--out", default="runs/esccs", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder: one sub-folder per stage, results/, config.yaml. Existing stages are reused.")
-@click.option("--method", default="esccs", show_default=True, help=METHOD_HELP)
-@click.option("--ablation", default="", help=ABLATION_HELP)
+@click.option("--method", default=None, help=METHOD_HELP + " [default: the config's `method`, esccs]")
+@click.option("--ablation", default=None, help=ABLATION_HELP + " [default: the config's `ablation`, none]")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML config (keys of esccs.train.config.TrainConfig; unknown keys are errors).")
 @click.option("--epochs", type=int, default=None, help="Epochs of every stage (overrides the config).")
@@ -42,17 +43,19 @@ def train(data: Path, out: Path, method: str, ablation: str, config_path: Path |
     Interrupted? Run the same command again: finished stages are skipped, the current one resumes.
     """
     from esccs.train.config import load_config
-    from esccs.train.run import load_banks, resolve_methods
+    from esccs.train.methods import resolve_methods
+    from esccs.train.run import load_banks
     from esccs.train.run import train as run_train
 
-    overrides = {"data": str(data), "out": str(out), "device": device, "model.arch": arch, "model.width": width}
+    overrides = {"data": str(data), "out": str(out), "device": device, "model.arch": arch, "model.width": width,
+                 "method": method, "ablation": ablation}
     if epochs is not None:
         overrides.update({"source.epochs": epochs, "aux.epochs": epochs, "target.epochs": epochs})
-    methods, ablations = resolve_methods(method, ablation)
     banks = None
     for s in seeds or [seed]:
         cfg = load_config(config_path, {**overrides, "seed": s,
                                         "out": str(out / f"seed{s}") if seeds else str(out)})
+        methods, ablations = resolve_methods(cfg.method, cfg.ablation)
         banks = banks or load_banks(cfg, progress=not quiet)
         click.echo(f"== {', '.join(methods + [f'ablation:{a}' for a in ablations])} -> {cfg.out} (seed {cfg.seed})")
         run_train(cfg, methods, ablations, progress=not quiet, banks=banks)
@@ -61,6 +64,7 @@ def train(data: Path, out: Path, method: str, ablation: str, config_path: Path |
 
 @click.command(name="eval")
 @click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.argument("more", nargs=-1, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Data set to evaluate a checkpoint on (its target test split).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -71,24 +75,30 @@ def train(data: Path, out: Path, method: str, ablation: str, config_path: Path |
               help="Checkpoint mode: also write a confusion-matrix PNG here.")
 @click.option("--notes", default="",
               help="Run-folder mode: a paragraph under the table's title (data, sizes, commands).")
-def evaluate(target: Path, data: Path | None, out: Path | None, table: Path | None, plots: Path | None,
-             notes: str) -> None:
+def evaluate(target: Path, more: tuple[Path, ...], data: Path | None, out: Path | None, table: Path | None,
+             plots: Path | None, notes: str) -> None:
     """Evaluate a checkpoint (TARGET = .safetensors) or summarise run folders (TARGET = RUN).
 
     \b
     esccs eval RUN/target/model.safetensors --data DIR --out eval.json   # OA, kappa, F1, confusion, by stratum
-    esccs eval RUN --table accuracy.md                                  # all methods, mean and spread over seeds
+    esccs eval RUN [RUN ...] --table accuracy.md                        # all rows, runs grouped by data option
     """
     from esccs.errors import ConfigError
     from esccs.io.atomic import write_json
     from esccs.train import report
     from esccs.train.evaluate import summary_line
 
+    targets = (target, *more)
     if target.is_dir():
-        tab = report.write_table([target], table or target / "accuracy.md", notes=notes)
-        for m, row in sorted(tab.items(), key=lambda kv: -kv[1]["oa"][0]):
-            click.echo(f"{m:24s} OA {100 * row['oa'][0]:5.1f} ± {100 * row['oa'][1]:.1f}  "
-                       + "  ".join(f"{s} {100 * row[f'oa:{s}'][0]:5.1f}" for s in report.STRATA))
+        comp = report.write_table(list(targets), table or target / "accuracy.md", notes=notes)
+        for option, sec in comp.items():
+            click.echo(f"== {option} data, {len(sec['runs'])} runs")
+            for m, row in sorted(sec["table"].items(), key=lambda kv: -kv[1]["oa"][0]):
+                iv = sec["paired"].get(m, {}).get("all")
+                ci = f"  ESCCS-row {100 * iv['diff']:+.1f} [{100 * iv['lo']:+.1f}, {100 * iv['hi']:+.1f}]" if iv else ""
+                click.echo(f"{m + (' (oracle)' if row['oracle'] else ''):30s} OA {100 * row['oa'][0]:5.1f} ± "
+                           f"{100 * row['oa'][1]:.1f}  " + "  ".join(f"{s} {100 * row[f'oa:{s}'][0]:5.1f}"
+                                                                     for s in report.STRATA) + ci)
         click.echo(f"wrote {table or target / 'accuracy.md'}")
         return
     if data is None:

@@ -5,6 +5,7 @@ Imports torch; the torch-free pieces it uses (filters, metrics) live in :mod:`es
 """
 
 from esccs.train.config import TrainConfig, load_config
-from esccs.train.run import load_results, resolve_methods, train
+from esccs.train.methods import resolve_methods
+from esccs.train.run import load_results, train
 
 __all__ = ["TrainConfig", "load_config", "train", "resolve_methods", "load_results"]

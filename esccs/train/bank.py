@@ -36,6 +36,7 @@ class Bank:
     clear: torch.Tensor | None = None  # (N, C, H, W) clear optical of the target (evaluation / SPL only)
     labels_eval_only: bool = False
     meta: dict = field(default_factory=dict)
+    groups: np.ndarray | None = None  # (N,) scene-group keys (patches of one scene overlap: split by group)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -46,7 +47,13 @@ class Bank:
         take = (lambda t: None if t is None else t[idx])  # noqa: E731 - a local one-liner reads best here
         return replace(self, ids=[self.ids[i] for i in idx.tolist()], optical=take(self.optical),
                        sar=take(self.sar), labels=take(self.labels), coverage=take(self.coverage),
-                       split=self.split[idx.numpy()], clear=take(self.clear))
+                       split=self.split[idx.numpy()], clear=take(self.clear),
+                       groups=None if self.groups is None else self.groups[idx.numpy()])
+
+    def empty(self) -> Bank:
+        """A bank with no samples and this bank's shapes, classes and normalisers (reads no labels)."""
+        return Bank([], self.optical[:0], self.sar[:0], torch.zeros(0, dtype=torch.long), self.coverage[:0],
+                    self.split[:0], self.classes, self.opt_norm, self.sar_norm)
 
     def where(self, split: str) -> Bank:
         """The samples of one split."""
@@ -79,6 +86,28 @@ def load_bank(root: str | Path, part: str | None, bands, *, with_clear: bool = F
     labels = torch.tensor([int(s.get("label", -1)) if np.ndim(s.get("label", -1)) == 0 else -1 for s, _ in rows])
     cov = torch.tensor([float(s.get("coverage", 0.0)) for s, _ in rows], dtype=torch.float32)
     clear = torch.from_numpy(np.stack([opt_norm(c) for _, c in rows])) if with_clear else None
+    groups = np.array(["/".join(map(str, s.group)) if s.group else s.id for s in ds.samples])
     return Bank([s["id"] for s, _ in rows], opt, sar, labels, cov, np.array([s["split"] or "train" for s, _ in rows]),
                 tuple(ds.classes), opt_norm, sar_norm, clear, bool(ds.card.get("labels_eval_only", False)),
-                {"root": str(ds.root), "layout": ds.layout, "optical": ds.optical})
+                {"root": str(ds.root), "layout": ds.layout, "optical": ds.optical}, groups)
+
+
+def holdout(bank: Bank, fraction: float, seed: int = 0) -> tuple[Bank, Bank]:
+    """Split a bank into (fit, held-out) by scene group, about ``fraction`` of the samples held out.
+
+    Deterministic for a seed; labels are carried as they are (a target-train bank has none).
+    """
+    if fraction <= 0 or len(bank) < 2:
+        return bank, bank.subset([])
+    groups = bank.groups if bank.groups is not None else np.array(bank.ids)
+    keys = sorted(set(groups.tolist()))
+    order = np.random.default_rng(seed).permutation(len(keys))
+    held: list[int] = []
+    for k in order:
+        if len(held) >= fraction * len(bank):
+            break
+        members = np.flatnonzero(groups == keys[k]).tolist()
+        if len(held) + len(members) < len(bank):
+            held += members
+    held_set = set(held)
+    return bank.subset([i for i in range(len(bank)) if i not in held_set]), bank.subset(sorted(held))

@@ -4,6 +4,11 @@ SGD with momentum (backbone and head learning rates), warm-up + cosine schedule,
 CUDA, channels_last, per-epoch seeding (so a resumed run replays exactly the batches and augmentations it would have
 seen), a progress bar with loss and accuracy, a CSV log (optional TensorBoard), a resumable state after every epoch
 (``last.safetensors`` + ``last.json``), and the final checkpoint (``model.safetensors`` + ``model.json``).
+
+Checkpoint selection (``LoopConfig.select="val"``): after every epoch the model is scored on the stage's validation
+data (the same step function in eval mode, no augmentation): accuracy against the validation ``target`` (true labels
+for the source stage; the stage's own pseudo-labels for target stages), ties broken by the lower loss; the best
+epoch's weights (``best.safetensors``, kept across a resume) become the stage's model.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ def random_erase(x: torch.Tensor, gen: torch.Generator, p: float, lo: torch.Tens
                  area: tuple[float, float] = (0.05, 1.0)) -> torch.Tensor:
     """Erase one rectangle per sample with probability ``p``; fill each band with a value uniform in [lo, hi].
 
+    Vectorised over the batch: area fraction uniform in ``area``, aspect ratio uniform in [0.3, 3.3], position
+    uniform among the positions where the rectangle fits.
+
     Args:
         x: ``(B, C, H, W)`` normalised images (not modified).
         gen: the epoch's generator (resume replays the same rectangles).
@@ -63,19 +71,20 @@ def random_erase(x: torch.Tensor, gen: torch.Generator, p: float, lo: torch.Tens
         hi: ``(C,)`` upper end.
         area: range of the erased fraction of the image.
     """
-    x = x.clone()
     n, c, h, w = x.shape
-    for i in range(n):
-        if float(torch.rand(1, generator=gen)) >= p:
-            continue
-        a = float(torch.empty(1).uniform_(*area, generator=gen)) * h * w
-        r = float(torch.empty(1).uniform_(0.3, 3.3, generator=gen))
-        eh, ew = min(h, max(1, round((a * r) ** 0.5))), min(w, max(1, round((a / r) ** 0.5)))
-        y0 = int(torch.randint(0, h - eh + 1, (1,), generator=gen))
-        x0 = int(torch.randint(0, w - ew + 1, (1,), generator=gen))
-        fill = lo + (hi - lo) * torch.rand(c, generator=gen)
-        x[i, :, y0:y0 + eh, x0:x0 + ew] = fill.view(c, 1, 1).to(x.dtype)
-    return x
+    apply = torch.rand(n, generator=gen) < p
+    a = torch.empty(n).uniform_(*area, generator=gen) * h * w
+    r = torch.empty(n).uniform_(0.3, 3.3, generator=gen)
+    eh = (a * r).sqrt().round().clamp(1, h).long()
+    ew = (a / r).sqrt().round().clamp(1, w).long()
+    y0 = (torch.rand(n, generator=gen) * (h - eh + 1)).long()
+    x0 = (torch.rand(n, generator=gen) * (w - ew + 1)).long()
+    fill = lo + (hi - lo) * torch.rand(n, c, generator=gen)
+    rows, cols = torch.arange(h), torch.arange(w)
+    in_r = (rows[None] >= y0[:, None]) & (rows[None] < (y0 + eh)[:, None])  # (n, h)
+    in_c = (cols[None] >= x0[:, None]) & (cols[None] < (x0 + ew)[:, None])  # (n, w)
+    mask = (in_r[:, :, None] & in_c[:, None, :] & apply[:, None, None])[:, None]  # (n, 1, h, w)
+    return torch.where(mask.to(x.device), fill.to(x.dtype).to(x.device)[:, :, None, None], x)
 
 
 def augment(batch: dict, gen: torch.Generator, keys=("optical", "sar", "clear")) -> dict:
@@ -100,8 +109,10 @@ class Trainer:
     """Trains ``model`` with ``step_fn`` over ``data`` (a dict of equally long tensors) into ``out_dir``."""
 
     def __init__(self, model: nn.Module, data: dict, step_fn: StepFn, cfg: LoopConfig, out_dir: Path,
-                 name: str, progress: bool = True, erase_range: tuple | None = None) -> None:
+                 name: str, progress: bool = True, erase_range: tuple | None = None, val: dict | None = None) -> None:
         self.model, self.data, self.step_fn, self.cfg = model, data, step_fn, cfg
+        self.val = val if (val and cfg.select == "val" and len(next(iter(val.values()))) > 0) else None
+        self.best: dict = {"epoch": -1, "acc": -1.0, "loss": math.inf}
         self.erase_range = erase_range
         self.dir, self.name, self.progress = Path(out_dir), name, progress
         self.device = torch.device(cfg.device)
@@ -125,7 +136,8 @@ class Trainer:
                 tensors[f"opt.{i}"] = buf.detach().cpu().contiguous()
         with atomic_path(self.dir / "last.safetensors") as tmp:
             save_file(tensors, str(tmp))
-        write_json(self.dir / "last.json", {"epoch": epoch, "name": self.name, "epochs": self.cfg.epochs})
+        write_json(self.dir / "last.json", {"epoch": epoch, "name": self.name, "epochs": self.cfg.epochs,
+                                            "best": self.best})
 
     def _load_state(self) -> int:
         """Restore ``last.*``; return the next epoch to run (0 when there is nothing to resume)."""
@@ -136,7 +148,9 @@ class Trainer:
         from safetensors.torch import load_file
 
         try:
-            epoch = int(json.loads(meta.read_text())["epoch"])
+            info = json.loads(meta.read_text())
+            epoch = int(info["epoch"])
+            self.best = dict(info.get("best") or self.best)
             tensors = load_file(str(weights))
         except (SafetensorError, OSError, ValueError, KeyError) as e:
             raise DataError(weights, f"cannot resume: corrupted training state ({str(e).splitlines()[0][:100]}); "
@@ -165,14 +179,57 @@ class Trainer:
         with open(log_path, "w" if new_log else "a", newline="") as f:
             writer = csv.writer(f)
             if new_log:
-                writer.writerow(["epoch", "loss", "acc", "lr", "seconds", "samples_per_s"])
+                writer.writerow(["epoch", "loss", "acc", "lr", "seconds", "samples_per_s", "val_loss", "val_acc"])
             for epoch in range(start, self.cfg.epochs):
                 row = self._epoch(epoch)
+                v = self._validate(epoch)
                 writer.writerow([epoch, f"{row['loss']:.5f}", f"{row['acc']:.4f}", f"{row['lr']:.5f}",
-                                 f"{row['seconds']:.2f}", f"{row['samples_per_s']:.1f}"])
+                                 f"{row['seconds']:.2f}", f"{row['samples_per_s']:.1f}",
+                                 "" if v is None else f"{v['loss']:.5f}", "" if v is None else f"{v['acc']:.4f}"])
                 f.flush()
                 self._save_state(epoch)
+        if self.val is not None and (self.dir / "best.safetensors").exists():
+            from safetensors.torch import load_file
+
+            self.model.load_state_dict(load_file(str(self.dir / "best.safetensors")))
         return self.model.eval()
+
+    def summary(self) -> dict:
+        """What the stage did: epochs, SGD steps, the selected epoch and its validation scores (for model.json)."""
+        last = self.cfg.epochs - 1
+        sel = self.best["epoch"] if self.val is not None and self.best["epoch"] >= 0 else last
+        return {"epochs": self.cfg.epochs, "steps": self.cfg.epochs * self.steps, "selected_epoch": sel,
+                "select": "val" if self.val is not None else "last",
+                "val_acc": self.best["acc"] if self.val is not None else None,
+                "val_loss": self.best["loss"] if self.val is not None else None,
+                "n_train": self.n, "n_val": 0 if self.val is None else len(next(iter(self.val.values())))}
+
+    @torch.no_grad()
+    def _validate(self, epoch: int) -> dict | None:
+        """Score the model on the validation data; keep its weights when they are the best so far."""
+        if self.val is None:
+            return None
+        self.model.eval()
+        n = len(next(iter(self.val.values())))
+        loss_sum, correct = 0.0, 0
+        has_target = "target" in self.val
+        for s in range(0, n, 256):
+            batch = {k: v[s:s + 256].to(self.device) if torch.is_tensor(v) else v for k, v in self.val.items()}
+            amp = self.cfg.amp and self.device.type == "cuda"
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, logits, _ = self.step_fn(self.model, batch)
+            m = len(next(iter(batch.values())))
+            loss_sum += float(loss) * m
+            if has_target and logits is not None:
+                correct += int((logits.argmax(1) == batch["target"]).sum())
+        v = {"loss": loss_sum / n, "acc": correct / n if has_target else 0.0}
+        if (v["acc"], -v["loss"]) > (self.best["acc"], -self.best["loss"]):
+            self.best = {"epoch": epoch, **v}
+            from safetensors.torch import save_file
+
+            with atomic_path(self.dir / "best.safetensors") as tmp:
+                save_file({k: t.detach().cpu().contiguous() for k, t in self.model.state_dict().items()}, str(tmp))
+        return v
 
     def _epoch(self, epoch: int) -> dict:
         gen = seed_everything(self.cfg.seed * 100_003 + epoch)

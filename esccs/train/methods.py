@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from esccs.ops import kd_rows
 from esccs.train import stages as st
 from esccs.train.bank import Bank
-from esccs.train.config import TrainConfig
+from esccs.train.config import Step1Config, TrainConfig
 from esccs.train.filters import FilterConfig, select
 
 
@@ -30,23 +31,38 @@ class Predictor:
     checkpoint: Path | None = None
     kind: str = "optical"  # optical | sar | dual | pipeline
     info: dict = field(default_factory=dict)
+    irm: tuple | None = None  # (config, f_O, f_R) of an ESCCS-family model: the IRM diagnostics on the test split
+    oracle: bool = False  # trained WITH target labels: an upper bound, never a method
 
 
 @dataclass
 class Context:
-    """What every recipe of one run shares: config, run folder, data, and the shared stages (trained lazily)."""
+    """What every recipe of one run shares: config, run folder, data, and the shared stages (trained lazily).
+
+    ``tgt`` is the part of target-train the models fit, ``tval`` its scene-grouped held-out part (labels hidden
+    in both) that selects target-stage checkpoints against the stage's own pseudo-labels / teachers.
+    """
 
     cfg: TrainConfig
     run: Path
     src: Bank
-    tgt: Bank  # target train split: cloudy optical + SAR, labels held back
+    tgt: Bank  # target train split (fit part): cloudy optical + SAR, labels held back
     progress: bool = True
     cache: dict = field(default_factory=dict)
+    tval: Bank | None = None  # held-out part of target-train, labels held back
+
+    def __post_init__(self) -> None:
+        if self.tval is None:
+            self.tval = self.tgt.empty()
 
     @property
     def device(self) -> str:
         """Training device."""
         return self.cfg.device
+
+    def checkpoint(self, stage: str) -> Path:
+        """``RUN/<stage>/model.safetensors``."""
+        return st.checkpoint_path(self.run, stage)
 
     def source(self):
         """Step 0 (cached)."""
@@ -54,29 +70,53 @@ class Context:
             self.cache["source"] = st.train_source(self.cfg, self.src, self.run, self.progress)
         return self.cache["source"]
 
-    def step1(self, policy: str | None = None) -> dict:
-        """Pseudo-labels and both auxiliaries (cached per filter policy); writes the filter report."""
-        policy = policy or self.cfg.step1.policy
-        key = f"step1:{policy}"
+    def source_logits(self, bank: str = "tgt"):
+        """f_S's logits on the fit (``tgt``) or held-out (``tval``) part of target-train (cached)."""
+        key = f"u:{bank}"
         if key not in self.cache:
-            s1 = dataclasses.replace(self.cfg.step1, policy=policy)
-            pl = st.pseudo_label(self.source(), self.tgt, s1, self.device)
-            suffix = "" if policy == self.cfg.step1.policy else f"_{policy}"
+            self.cache[key] = st.predict(self.source(), getattr(self, bank).optical, device=self.device)["logits"]
+        return self.cache[key]
+
+    def pseudo(self, step1: Step1Config | None = None, bank: str = "tgt") -> dict:
+        """Step 1's filtered pseudo-labels from f_S on a part of target-train (no auxiliary is trained)."""
+        return st.pseudo_label(None, getattr(self, bank), step1 or self.cfg.step1, self.device,
+                               logits=self.source_logits(bank))
+
+    def source_clouds(self, step1: Step1Config, stage: str) -> dict | None:
+        """f_O's extra rows from labelled source images under simulated clouds (``step1.source_clouds``)."""
+        if not step1.source_clouds or self.checkpoint(stage).exists():
+            return None
+        return st.source_cloud_data(self.src, self.source(), step1, self.cfg.seed, self.device)
+
+    def step1(self, step1: Step1Config | None = None, suffix: str = "") -> dict:
+        """Pseudo-labels and both auxiliaries for a step-1 config (cached per stage suffix); filter report later.
+
+        ``suffix`` names the stage folders of a variant (``aux_optical<suffix>``); the run's own config has none.
+        """
+        s1 = step1 or self.cfg.step1
+        key = f"step1:{suffix}"
+        if key not in self.cache:
+            pl, vpl = self.pseudo(s1, "tgt"), self.pseudo(s1, "tval")
             cfg = dataclasses.replace(self.cfg, step1=s1)
             self.cache[key] = {
-                "pl": pl,
+                "pl": pl, "step1": s1,
                 "aux_o": st.train_aux(cfg, self.tgt, pl, self.run, "optical", self.progress, f"aux_optical{suffix}",
-                                      source=self.source()),
-                "aux_s": st.train_aux(cfg, self.tgt, pl, self.run, "sar", self.progress, f"aux_sar{suffix}"),
+                                      source=self.source(), val=(self.tval, vpl),
+                                      extra_rows=self.source_clouds(s1, f"aux_optical{suffix}")),
+                "aux_s": st.train_aux(cfg, self.tgt, pl, self.run, "sar", self.progress, f"aux_sar{suffix}",
+                                      val=(self.tval, vpl)),
             }
         return self.cache[key]
 
-    def teachers(self, policy: str | None = None) -> dict:
-        """The three teachers' logits on the target train split (cached)."""
-        key = f"teachers:{policy or self.cfg.step1.policy}"
+    def teachers(self, suffix: str = "", bank: str = "tgt", step1: Step1Config | None = None) -> dict:
+        """The three teachers' logits on the fit (``tgt``) or held-out (``tval``) part of target-train (cached)."""
+        key = f"teachers:{suffix}:{bank}"
         if key not in self.cache:
-            s1 = self.step1(policy)
-            self.cache[key] = st.teacher_logits(self.source(), s1["aux_o"], s1["aux_s"], self.tgt, self.device)
+            s1 = self.step1(step1, suffix)
+            b = getattr(self, bank)
+            self.cache[key] = {"u": self.source_logits(bank),
+                               "a_o": st.predict(s1["aux_o"], b.optical, device=self.device)["logits"],
+                               "a_s": st.predict(s1["aux_s"], b.sar, device=self.device)["logits"]}
         return self.cache[key]
 
 
@@ -92,23 +132,103 @@ def dual_predictor(name: str, model, ckpt: Path | None, device: str = "cpu") -> 
 
 
 # ------------------------------------------------------------------------------------------------------ ESCCS family
-def esccs(ctx: Context, stage: str = "target", policy: str | None = None, **step2) -> Predictor:
-    """ESCCS: source -> filtered step 1 (two auxiliaries) -> IRM-regulated three-teacher step 2."""
-    cfg = dataclasses.replace(ctx.cfg, step2=dataclasses.replace(ctx.cfg.step2, **step2))
-    s1 = ctx.step1(policy)
-    model = st.train_target(cfg, ctx.tgt, ctx.teachers(policy), ctx.run, ctx.progress, stage,
-                            init_models=(s1["aux_o"], s1["aux_s"]))
-    return dual_predictor(stage, model, ctx.run / stage / "model.safetensors", ctx.device)
+#: docs/method.md's recipe: every option of ours off (the ``esccs-paper`` row); the config's other values are kept
+PAPER_STEP1 = {"cloud_max": 1.0, "clouded": "hard", "source_clouds": False}
+PAPER_STEP2 = {"vote": "teacher", "rounds": 0}
+
+
+def esccs(ctx: Context, stage: str = "target", step1: dict | None = None, suffix: str = "", **step2) -> Predictor:
+    """ESCCS: source -> filtered step 1 (two auxiliaries) -> IRM-regulated three-teacher step 2 [-> relabelling].
+
+    ``step1`` / ``step2`` override the run's config (an ablation or the paper preset); ``suffix`` names the step-1
+    stage folders of a step-1 variant. With ``step2.rounds = R > 0`` the step-2 model of round r is
+    ``<stage>_round<r>`` and the last one is ``<stage>``.
+    """
+    s1 = dataclasses.replace(ctx.cfg.step1, **(step1 or {}))
+    cfg = dataclasses.replace(ctx.cfg, step1=s1, step2=dataclasses.replace(ctx.cfg.step2, **step2))
+    aux = ctx.step1(s1, suffix)
+    teachers, vteachers = ctx.teachers(suffix, "tgt", s1), ctx.teachers(suffix, "tval", s1)
+    rounds = cfg.step2.rounds
+    name = stage if rounds == 0 else f"{stage}_round0"
+    model = st.train_target(cfg, ctx.tgt, teachers, ctx.run, ctx.progress, name,
+                            init_models=(aux["aux_o"], aux["aux_s"]), val=(ctx.tval, vteachers))
+    aux_o, aux_s = aux["aux_o"], aux["aux_s"]
+    for r in range(1, rounds + 1):
+        aux_o, aux_s, teachers, vteachers = relabel_round(ctx, cfg, model, aux_o, aux_s, f"{stage}_r{r}")
+        name = stage if r == rounds else f"{stage}_round{r}"
+        model = st.train_target(cfg, ctx.tgt, teachers, ctx.run, ctx.progress, name,
+                                init_models=(aux_o, aux_s), val=(ctx.tval, vteachers))
+    pred = dual_predictor(stage, model, ctx.checkpoint(stage), ctx.device)
+    pred.info = {"rounds": rounds, "vote": cfg.step2.vote, "cloud_max": s1.cloud_max, "clouded": s1.clouded}
+    pred.irm = (cfg, aux_o, aux_s)
+    return pred
+
+
+def agreement_labels(z_t: torch.Tensor, a_o: torch.Tensor, a_s: torch.Tensor, coverage: torch.Tensor,
+                     s1: Step1Config) -> dict:
+    """[ours] Relabelling-round pseudo-labels: the target's argmax where it agrees with an auxiliary.
+
+    Cross-modal agreement is the filter: sample i is kept when ``argmax z_T`` equals ``argmax a_o`` or
+    ``argmax a_s`` (f_O counts only where the cloud cover is at most ``cloud_max``); ``clouded`` lists the samples
+    above ``cloud_max`` (soft targets for f_O, as in step 1).
+    """
+    y = z_t.argmax(1)
+    visible = coverage <= s1.cloud_max
+    agree = ((a_o.argmax(1) == y) & visible) | (a_s.argmax(1) == y)
+    return {"u": z_t, "pseudo": y, "kept": torch.nonzero(agree & visible).flatten(),
+            "kept_sar": torch.nonzero(agree).flatten(), "clouded": torch.nonzero(~visible).flatten()}
+
+
+def relabel_round(ctx: Context, cfg: TrainConfig, target, aux_o, aux_s, prefix: str):
+    """[ours] One cross-modal relabelling round; returns the new f_O, f_R and their logits on both parts.
+
+    f_T relabels target-train; f_O and f_R retrain on the agreed labels, each from its previous weights, with KD to
+    f_T's logits.
+    """
+    out = {}
+    for bank in ("tgt", "tval"):
+        b = getattr(ctx, bank)
+        z_t = st.predict(target, b.optical, b.sar, device=ctx.device)["logits"]
+        a_o = st.predict(aux_o, b.optical, device=ctx.device)["logits"]
+        a_s = st.predict(aux_s, b.sar, device=ctx.device)["logits"]
+        out[bank] = agreement_labels(z_t, a_o, a_s, b.coverage, cfg.step1)
+    sar_pl = {k: {**v, "kept": v["kept_sar"]} for k, v in out.items()}
+    new_o = aux_o
+    if cfg.step2.relabel == "both":
+        new_o = st.train_aux(cfg, ctx.tgt, out["tgt"], ctx.run, "optical", ctx.progress, f"{prefix}_aux_optical",
+                             val=(ctx.tval, out["tval"]), init=aux_o)
+    new_s = st.train_aux(cfg, ctx.tgt, sar_pl["tgt"], ctx.run, "sar", ctx.progress, f"{prefix}_aux_sar",
+                         val=(ctx.tval, sar_pl["tval"]), init=aux_s)
+    teachers = {}
+    for bank in ("tgt", "tval"):
+        b = getattr(ctx, bank)
+        teachers[bank] = {"u": ctx.source_logits(bank),
+                          "a_o": st.predict(new_o, b.optical, device=ctx.device)["logits"],
+                          "a_s": st.predict(new_s, b.sar, device=ctx.device)["logits"]}
+    return new_o, new_s, teachers["tgt"], teachers["tval"]
+
+
+def esccs_paper(ctx: Context) -> Predictor:
+    """docs/method.md's recipe as specified (three equal votes, no cloud-aware step 1, no relabelling rounds)."""
+    return esccs(ctx, stage="paper/target", step1=PAPER_STEP1, suffix="_paper", **PAPER_STEP2)
 
 
 ABLATIONS: dict[str, dict] = {
     "no-irm": {"gamma": 0.0, "irm_b": False},  # uniform teacher weights, no gradient balancing
     "irm-a": {"irm_b": False},  # teacher weights only
     "irm-b": {"gamma": 0.0},  # gradient balancing only
-    "no-filter": {"policy": "none"},  # step-1 pseudo-labels unfiltered
-    "maxprob-filter": {"policy": "maxprob"},  # method.md's confidence threshold (tau) + class floor
+    "no-filter": {"step1": {"policy": "none"}},  # step-1 pseudo-labels unfiltered
+    "maxprob-filter": {"step1": {"policy": "maxprob"}},  # docs/method.md's confidence threshold (tau) + class floor
     "step2-filter": {"filter": True},  # filter step 2 too (the paper says worse)
-    "source-ref": {"reference": "source"},  # reference label from the source model only
+    "source-ref": {"reference": "source", "vote": "teacher"},  # reference label from the source model only
+    # our design beyond the paper, one option off at a time
+    "no-cloud-step1": {"step1": {"cloud_max": 1.0, "clouded": "hard"}},  # clouded patches keep f_S's hard labels
+    "no-source-clouds": {"step1": {"source_clouds": False}},  # f_O learns from target pseudo-labels only
+    "hard-clouded": {"step1": {"clouded": "hard"}},  # clouded patches dropped from f_O, no soft target
+    "teacher-vote": {"vote": "teacher"},  # docs/method.md's three equal votes in the consensus and IRM-A
+    "no-rounds": {"rounds": 0},  # no cross-modal relabelling round
+    "relabel-both": {"relabel": "both"},  # the relabelling round retrains f_O too
+    "mixture": {"fusion": "mixture"},  # three IRM-weighted KD terms instead of the pooled teacher
 }
 
 
@@ -117,53 +237,63 @@ def ablation(ctx: Context, name: str) -> Predictor:
     if name == "single-step":
         return single_step(ctx)
     opts = dict(ABLATIONS[name])
-    return esccs(ctx, stage=f"ablation_{name}", **opts)
+    step1 = opts.pop("step1", None)
+    suffix = ""
+    if step1 and any(getattr(ctx.cfg.step1, k) != v for k, v in step1.items()):
+        suffix = "_" + name
+    return esccs(ctx, stage=f"ablation_{name}", step1=step1, suffix=suffix, **opts)
 
 
 def single_step(ctx: Context) -> Predictor:
     """f_S -> f_T in one step: the source is the only teacher (no auxiliaries, no IRM)."""
-    u = st.predict(ctx.source(), ctx.tgt.optical, device=ctx.device)["logits"]
-    cfg = dataclasses.replace(ctx.cfg, step2=dataclasses.replace(ctx.cfg.step2, gamma=0.0, irm_b=False))
-    model = st.train_target(cfg, ctx.tgt, {"u": u, "a_o": u, "a_s": u}, ctx.run, ctx.progress, "ablation_single-step",
-                            init_models=(ctx.source(), None))
-    return dual_predictor("ablation_single-step", model, ctx.run / "ablation_single-step" / "model.safetensors",
-                          ctx.device)
+    cfg = dataclasses.replace(ctx.cfg, step2=dataclasses.replace(ctx.cfg.step2, gamma=0.0, irm_b=False,
+                                                                 vote="teacher"))
+    u, uv = ctx.source_logits("tgt"), ctx.source_logits("tval")
+    model = st.train_target(cfg, ctx.tgt, {"u": u, "a_o": u, "a_s": u}, ctx.run, ctx.progress,
+                            "ablation_single-step", init_models=(ctx.source(), None),
+                            val=(ctx.tval, {"u": uv, "a_o": uv, "a_s": uv}))
+    return dual_predictor("ablation_single-step", model, ctx.checkpoint("ablation_single-step"), ctx.device)
 
 
 # ---------------------------------------------------------------------------------------------- simple baselines
 def optical_only(ctx: Context) -> Predictor:
     """The step-1 cloudy-optical auxiliary f_O alone."""
-    return classifier_predictor("aux_optical", ctx.step1()["aux_o"], "optical",
-                                ctx.run / "aux_optical" / "model.safetensors", ctx.device)
+    return classifier_predictor("aux_optical", ctx.step1()["aux_o"], "optical", ctx.checkpoint("aux_optical"),
+                                ctx.device)
 
 
 def sar_only(ctx: Context) -> Predictor:
     """The step-1 SAR auxiliary f_R alone."""
-    return classifier_predictor("aux_sar", ctx.step1()["aux_s"], "sar", ctx.run / "aux_sar" / "model.safetensors",
-                                ctx.device)
+    return classifier_predictor("aux_sar", ctx.step1()["aux_s"], "sar", ctx.checkpoint("aux_sar"), ctx.device)
 
 
 def source_only(ctx: Context) -> Predictor:
     """The source model applied to cloudy optical (no transfer): the floor every method must beat."""
-    return classifier_predictor("source", ctx.source(), "optical", ctx.run / "source" / "model.safetensors",
-                                ctx.device)
+    return classifier_predictor("source", ctx.source(), "optical", ctx.checkpoint("source"), ctx.device)
+
+
+def pseudo_data(ctx: Context, bank: str, keys=("optical",), kept: bool = False) -> dict:
+    """f_S's pseudo-labels (+ its logits as KD teacher) on a part of target-train, optionally step-1 filtered."""
+    b, u = getattr(ctx, bank), ctx.source_logits(bank)
+    idx = torch.arange(len(b))
+    if kept:
+        s1 = ctx.cfg.step1
+        idx = torch.as_tensor(select(u.numpy(), FilterConfig(s1.policy, s1.tau, s1.min_per_class,
+                                                             s1.frac_per_class, s1.q)), dtype=torch.long)
+    return {**{k: getattr(b, k)[idx] for k in keys}, "target": u.argmax(1)[idx], "teacher": u[idx]}
 
 
 def kd_s(ctx: Context) -> Predictor:
     """KD-S: optical student on cloudy optical, CE(argmax u) + KD_T(z, u), no filter."""
-    u = st.predict(ctx.source(), ctx.tgt.optical, device=ctx.device)["logits"]
-    data = {"optical": ctx.tgt.optical, "target": u.argmax(1), "teacher": u}
     step = st.aux_step("optical", ctx.cfg.step1.temperature, 1.0)
-    model = st.run_stage(ctx.run, "kd-s", st.model_config(ctx.cfg, ctx.tgt, "optical"), data, step,
-                         ctx.cfg.loop("aux"), ctx.progress, erase_range=st.valid_range(ctx.tgt),
-                         init=st.init_from(optical=ctx.source()))
-    return classifier_predictor("kd-s", model, "optical", ctx.run / "kd-s" / "model.safetensors", ctx.device)
+    model = st.run_stage(ctx.run, "kd-s", st.model_config(ctx.cfg, ctx.tgt, "optical"), pseudo_data(ctx, "tgt"),
+                         step, ctx.cfg.loop("aux"), ctx.progress, erase_range=st.valid_range(ctx.tgt),
+                         init=st.init_from(optical=ctx.source()), val=pseudo_data(ctx, "tval"))
+    return classifier_predictor("kd-s", model, "optical", ctx.checkpoint("kd-s"), ctx.device)
 
 
 def dual_pseudo_step(temperature: float):
     """CE to the pseudo-label + KD_T to the source logits on the fused logits of a dual model."""
-    from esccs.ops.unimodal_kd.reference import kd_rows
-
     def step(model, b):
         z = model(b["optical"], b["sar"])["logits"]
         return F.cross_entropy(z, b["target"]) + kd_rows(z, b["teacher"], temperature).mean(), z, {}
@@ -173,12 +303,11 @@ def dual_pseudo_step(temperature: float):
 
 def tlf(ctx: Context) -> Predictor:
     """TLF: dual-branch concatenation fusion, CE(pseudo-label) + KD from f_S on all samples, no imbalance handling."""
-    u = st.predict(ctx.source(), ctx.tgt.optical, device=ctx.device)["logits"]
-    data = {"optical": ctx.tgt.optical, "sar": ctx.tgt.sar, "target": u.argmax(1), "teacher": u}
-    model = st.run_stage(ctx.run, "tlf", st.model_config(ctx.cfg, ctx.tgt, "dual"), data,
+    keys = ("optical", "sar")
+    model = st.run_stage(ctx.run, "tlf", st.model_config(ctx.cfg, ctx.tgt, "dual"), pseudo_data(ctx, "tgt", keys),
                          dual_pseudo_step(ctx.cfg.step1.temperature), ctx.cfg.loop("target"), ctx.progress,
-                         init=st.init_from(optical=ctx.source()))
-    return dual_predictor("tlf", model, ctx.run / "tlf" / "model.safetensors", ctx.device)
+                         init=st.init_from(optical=ctx.source()), val=pseudo_data(ctx, "tval", keys))
+    return dual_predictor("tlf", model, ctx.checkpoint("tlf"), ctx.device)
 
 
 def tlf_late(ctx: Context) -> Predictor:
@@ -195,20 +324,57 @@ def tlf_late(ctx: Context) -> Predictor:
 
 def kdhn(ctx: Context, rounds: int = 2) -> Predictor:
     """KDHN: the dual-input target trained straight from f_S with filtered pseudo-labels + KD, recursive rounds."""
-    teacher = st.predict(ctx.source(), ctx.tgt.optical, device=ctx.device)["logits"]
     s1 = ctx.cfg.step1
-    fcfg = FilterConfig(s1.policy, s1.tau, s1.min_per_class, s1.frac_per_class)
+    fcfg = FilterConfig(s1.policy, s1.tau, s1.min_per_class, s1.frac_per_class, s1.q)
+    teacher = {"tgt": ctx.source_logits("tgt"), "tval": ctx.source_logits("tval")}
     model = None
+
+    def data(bank: str) -> dict:
+        b, t = getattr(ctx, bank), teacher[bank]
+        kept = torch.as_tensor(select(t.numpy(), fcfg), dtype=torch.long)
+        return {"optical": b.optical[kept], "sar": b.sar[kept], "target": t.argmax(1)[kept], "teacher": t[kept]}
+
     for r in range(rounds):
-        kept = torch.as_tensor(select(teacher.numpy(), fcfg))
-        data = {"optical": ctx.tgt.optical[kept], "sar": ctx.tgt.sar[kept], "target": teacher.argmax(1)[kept],
-                "teacher": teacher[kept]}
         stage = f"kdhn_r{r + 1}"
-        model = st.run_stage(ctx.run, stage, st.model_config(ctx.cfg, ctx.tgt, "dual"), data,
+        model = st.run_stage(ctx.run, stage, st.model_config(ctx.cfg, ctx.tgt, "dual"), data("tgt"),
                              dual_pseudo_step(s1.temperature), ctx.cfg.loop("target"), ctx.progress,
-                             init=st.init_from(optical=ctx.source()))
-        teacher = st.predict(model, ctx.tgt.optical, ctx.tgt.sar, device=ctx.device)["logits"]  # recursive relabel
-    return dual_predictor("kdhn", model, ctx.run / f"kdhn_r{rounds}" / "model.safetensors", ctx.device)
+                             init=st.init_from(optical=ctx.source()), val=data("tval"))
+        teacher = {k: st.predict(model, getattr(ctx, k).optical, getattr(ctx, k).sar, device=ctx.device)["logits"]
+                   for k in ("tgt", "tval")}  # recursive relabelling
+    return dual_predictor("kdhn", model, ctx.checkpoint(f"kdhn_r{rounds}"), ctx.device)
+
+
+# --------------------------------------------------------------------------------------- oracles (upper bounds)
+def _oracle(kind: str):
+    """A model of ``kind`` (``dual``, ``optical``, ``sar``) trained on target-train WITH its labels.
+
+    An upper bound for the table, never a method: the same architecture and schedule as the target stages
+    (optical encoder from f_S, as the transfer methods), CE to the true labels, the epoch selected on the
+    held-out part of target-train against its true labels. Marked ``oracle`` in the results and the table.
+    """
+    def recipe(ctx: Context) -> Predictor:
+        def data(bank: str) -> dict:
+            b = getattr(ctx, bank)
+            y = b.meta["eval_labels"]
+            keys = ("optical", "sar") if kind == "dual" else (kind,)
+            return {**{k: getattr(b, k) for k in keys}, "target": y}
+
+        def step(model, b):
+            z = model(b["optical"], b["sar"])["logits"] if kind == "dual" else model(b[kind])
+            return F.cross_entropy(z, b["target"]), z, {}
+
+        stage = f"oracle-{kind}"
+        init = st.init_from(optical=ctx.source()) if kind in ("dual", "optical") else None
+        loop = ctx.cfg.loop("target" if kind == "dual" else "aux")
+        model = st.run_stage(ctx.run, stage, st.model_config(ctx.cfg, ctx.tgt, kind), data("tgt"), step, loop,
+                             ctx.progress, extra={"oracle": True}, init=init,
+                             erase_range=st.valid_range(ctx.tgt) if kind == "optical" else None, val=data("tval"))
+        pred = (dual_predictor(stage, model, ctx.checkpoint(stage), ctx.device) if kind == "dual" else
+                classifier_predictor(stage, model, kind, ctx.checkpoint(stage), ctx.device))
+        pred.oracle = True
+        return pred
+
+    return recipe
 
 
 def _baseline(module: str, fn: str) -> Callable[[Context], Predictor]:
@@ -222,9 +388,33 @@ def _baseline(module: str, fn: str) -> Callable[[Context], Predictor]:
 
 #: method name -> recipe. ``esccs train --method all`` runs every one of these.
 METHODS: dict[str, Callable[[Context], Predictor]] = {
-    "esccs": esccs, "source-only": source_only, "optical-only": optical_only, "sar-only": sar_only,
+    "esccs": esccs, "esccs-paper": esccs_paper, "source-only": source_only, "optical-only": optical_only,
+    "sar-only": sar_only,
     "kd-s": kd_s, "tlf": tlf, "tlf-late": tlf_late, "kdhn": kdhn,
     "spl": _baseline("spl", "spl"), "ttl": _baseline("ttl", "ttl"), "cycit": _baseline("cycit", "cycit"),
     "gdl": _baseline("gdl", "gdl"),
+    "oracle-dual": _oracle("dual"), "oracle-optical": _oracle("optical"), "oracle-sar": _oracle("sar"),
 }
+#: rows trained with target labels (upper bounds, marked as such in the table)
+ORACLES: tuple[str, ...] = ("oracle-dual", "oracle-optical", "oracle-sar")
 ABLATION_NAMES: tuple[str, ...] = (*ABLATIONS, "single-step")
+
+
+def _expand(value: str, names, what: str) -> list[str]:
+    from esccs.errors import ConfigError
+
+    value = ",".join(value) if isinstance(value, (list, tuple)) else str(value or "")
+    items = list(names) if value == "all" else [m.strip() for m in value.split(",") if m.strip()]
+    for m in items:
+        if m not in names:
+            import difflib
+
+            hint = difflib.get_close_matches(m, list(names), n=1, cutoff=0.0)
+            raise ConfigError(f"{what}: unknown value {m!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                              + f"; expected one of {', '.join(names)}, a comma list, or 'all'")
+    return items
+
+
+def resolve_methods(method: str, ablation_opt: str) -> tuple[list[str], list[str]]:
+    """Expand ``method`` / ``ablation`` (comma lists or ``all``); unknown names raise ConfigError with a hint."""
+    return _expand(method, tuple(METHODS), "method"), _expand(ablation_opt, ABLATION_NAMES, "ablation")

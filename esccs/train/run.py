@@ -7,6 +7,7 @@ Stages whose checkpoints exist are skipped, so a second call finishes an interru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -14,26 +15,10 @@ from pathlib import Path
 from esccs.errors import ConfigError
 from esccs.io.atomic import write_json
 from esccs.train import stages as st
-from esccs.train.bank import Bank, load_bank
+from esccs.train.bank import Bank, holdout, load_bank
 from esccs.train.config import TrainConfig, save_config
 from esccs.train.evaluate import evaluate_outputs, summary_line
-from esccs.train.methods import ABLATION_NAMES, METHODS, Context, Predictor, ablation
-
-#: ``--method all`` = every method; ablations run with ``--ablation all`` (the accuracy table runs both).
-ALL = tuple(METHODS)
-
-
-def resolve_methods(method: str, ablation_opt: str) -> tuple[list[str], list[str]]:
-    """Expand ``--method`` / ``--ablation`` (comma lists or ``all``) and reject unknown names."""
-    methods = list(ALL) if method == "all" else [m for m in method.split(",") if m]
-    abls = list(ABLATION_NAMES) if ablation_opt == "all" else [a for a in ablation_opt.split(",") if a]
-    for m in methods:
-        if m not in METHODS:
-            raise ConfigError(f"unknown method {m!r}; expected one of {', '.join(METHODS)} or 'all'")
-    for a in abls:
-        if a not in ABLATION_NAMES:
-            raise ConfigError(f"unknown ablation {a!r}; expected one of {', '.join(ABLATION_NAMES)} or 'all'")
-    return methods, abls
+from esccs.train.methods import METHODS, Context, Predictor, ablation
 
 
 def load_banks(cfg: TrainConfig, progress: bool = True) -> tuple[Bank, Bank, Bank]:
@@ -44,36 +29,89 @@ def load_banks(cfg: TrainConfig, progress: bool = True) -> tuple[Bank, Bank, Ban
     train, test = tgt.where("train"), tgt.where(test_split)
     if len(test) == 0 or len(train) == 0:
         raise ConfigError(f"{cfg.data}: the target part needs train and {test_split} scenes")
-    train.meta["eval_labels"] = train.labels.clone()  # held back: filter-precision reports only
-    train.labels = train.labels.new_full(train.labels.shape, -1)  # the transfer never sees target labels
-    return src, train, test
+    return src, hide_labels(train), test
+
+
+def hide_labels(bank: Bank) -> Bank:
+    """The bank with its labels replaced by -1: the transfer never sees target labels.
+
+    The true ones ride in ``meta["eval_labels"]``, read only by the filter reports and the oracle rows.
+    """
+    bank = dataclasses.replace(bank, meta={**bank.meta, "eval_labels": bank.labels.clone()})
+    bank.labels = bank.labels.new_full(bank.labels.shape, -1)
+    return bank
+
+
+def split_target_train(cfg: TrainConfig, train: Bank) -> tuple[Bank, Bank]:
+    """(fit, held-out) parts of target-train, scene-grouped; each keeps its own held-back labels."""
+    fit, held = holdout(train, cfg.val_fraction, seed=cfg.seed)
+    pos = {i: k for k, i in enumerate(train.ids)}
+    for part in (fit, held):
+        part.meta = {**train.meta, "eval_labels": train.meta["eval_labels"][[pos[i] for i in part.ids]]}
+    return fit, held
 
 
 def train(cfg: TrainConfig, methods: list[str], ablations: list[str] = (), progress: bool = True,
           banks: tuple[Bank, Bank, Bank] | None = None) -> dict[str, dict]:
-    """Train and evaluate ``methods`` and ``ablations`` into ``cfg.out``; returns ``{name: results}``."""
+    """Train and evaluate ``methods`` and ``ablations`` into ``cfg.out``; returns ``{name: results}``.
+
+    The saved ``RUN/config.yaml`` is the configuration that ran, with ``method`` / ``ablation`` set to the lists
+    run here. Each ``RUN/results/<name>.json`` holds the scores and the per-sample test predictions (``pred``, in
+    the order of ``ids``), which the table's paired intervals use.
+    """
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
+    cfg = dataclasses.replace(cfg, method=",".join(methods), ablation=",".join(ablations))
     save_config(cfg, run / "config.yaml")
     src, tgt, test = banks or load_banks(cfg, progress)
-    ctx = Context(cfg, run, src, tgt, progress)
+    fit, held = split_target_train(cfg, tgt)
+    ctx = Context(cfg, run, src, fit, progress, tval=held)
     results: dict[str, dict] = {}
     jobs = [(m, METHODS[m]) for m in methods] + [(f"ablation:{a}", lambda c, a=a: ablation(c, a)) for a in ablations]
-    irm_test = None
     for name, recipe in jobs:
         t0 = time.perf_counter()
         pred: Predictor = recipe(ctx)
-        if irm_test is None and pred.kind == "dual":
-            irm_test = st.irm_inputs(st.teacher_logits(ctx.source(), ctx.step1()["aux_o"], ctx.step1()["aux_s"],
-                                                       test, cfg.device), cfg.step2)
-        res = evaluate_outputs(pred.fn(test), test, irm_test if pred.kind == "dual" else None)
-        res.update(method=name, seed=cfg.seed, seconds=round(time.perf_counter() - t0, 1), kind=pred.kind,
-                   checkpoint=str(pred.checkpoint) if pred.checkpoint else None, info=pred.info)
+        irm_test = None
+        if pred.irm is not None:
+            pcfg, aux_o, aux_s = pred.irm
+            irm_test = st.irm_inputs(st.teacher_logits(ctx.source(), aux_o, aux_s, test, cfg.device), pcfg.step2,
+                                     test.coverage)
+        out = pred.fn(test)
+        res = evaluate_outputs(out, test, irm_test if pred.kind == "dual" else None)
+        res.update(method=name, seed=cfg.seed, data=data_card(cfg.data), coverage=test.coverage.tolist(),
+                   seconds=round(time.perf_counter() - t0, 1), kind=pred.kind, oracle=pred.oracle,
+                   checkpoint=str(pred.checkpoint) if pred.checkpoint else None, info=pred.info,
+                   ids=list(test.ids), labels=test.labels.tolist(),
+                   pred=out["logits"].argmax(1).tolist(), stages=stage_summaries(run))
         write_json(run / "results" / f"{name.replace(':', '_')}.json", res)
         results[name] = res
-        print(summary_line(name, res), flush=True)
+        print(summary_line(name + (" [oracle]" if pred.oracle else ""), res), flush=True)
     _write_step1(ctx, run)
     return results
+
+
+def data_card(root: str | Path) -> dict:
+    """What identifies the data set in the table: its path, generator seed and shift option (synthetic data)."""
+    card = Path(root) / "dataset.json"
+    try:
+        gen = json.loads(card.read_text()).get("generator", {}) or {}
+    except (OSError, ValueError, AttributeError):
+        gen = {}
+    return {"root": str(root), "seed": gen.get("seed"), "shift": gen.get("shift") or "none"}
+
+
+def stage_summaries(run: Path) -> dict:
+    """``{stage: {steps, epochs, selected_epoch, ...}}`` of every finished stage of a run (from model.json)."""
+    out = {}
+    for p in sorted(Path(run).rglob("model.json")):
+        try:
+            extra = json.loads(p.read_text()).get("extra", {})
+        except (OSError, ValueError):
+            continue
+        if "selected_epoch" in extra:
+            out[str(p.parent.relative_to(run))] = {k: extra.get(k) for k in ("steps", "epochs", "selected_epoch",
+                                                                               "select", "val_acc")}
+    return out
 
 
 def _write_step1(ctx: Context, run: Path) -> None:
@@ -122,7 +160,7 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | Path, progress: bool = Tru
 
         cfg = load_config(run / "config.yaml") if (run / "config.yaml").exists() else TrainConfig()
         models = [load_checkpoint(p)[0] for p in teachers]
-        irm = st.irm_inputs(st.teacher_logits(*models, test), cfg.step2)
+        irm = st.irm_inputs(st.teacher_logits(*models, test), cfg.step2, test.coverage)
     res = evaluate_outputs(out, test, irm)
     res.update(method=ckpt.parent.name, checkpoint=str(ckpt), kind=mcfg.family)
     return res

@@ -1,4 +1,4 @@
-"""The stages of the multi-step transfer, each a function over the shared loop (see ``../shared/method.md``).
+"""The stages of the multi-step transfer, each a function over the shared loop (see ``docs/method.md``).
 
 - :func:`train_source` — step 0: the source model on labelled cloud-free optical.
 - :func:`pseudo_label` + :func:`train_aux` — step 1: filtered pseudo-labels from the source model train the cloudy
@@ -21,9 +21,8 @@ from torch import nn
 
 from esccs.errors import DataError
 from esccs.models import ModelConfig, create_model_from_config, load_checkpoint, save_checkpoint
-from esccs.ops import irm_kd, unimodal_kd
+from esccs.ops import irm_kd, kd_rows, unimodal_kd
 from esccs.ops.irm_kd import irm_weights_reference
-from esccs.ops.unimodal_kd.reference import kd_rows
 from esccs.spec import S1_BANDS
 from esccs.train.bank import Bank
 from esccs.train.config import LoopConfig, Step1Config, Step2Config, TrainConfig
@@ -44,13 +43,20 @@ def model_config(cfg: TrainConfig, bank: Bank, kind: str) -> ModelConfig:
     return ModelConfig(name=cfg.model.arch, modality="optical", optical_bands=tuple(cfg.bands), **common)
 
 
+def checkpoint_path(run: Path, stage: str) -> Path:
+    """Where a stage's model lives: ``RUN/<stage>/model.safetensors``."""
+    return Path(run) / stage / "model.safetensors"
+
+
 def run_stage(run: Path, stage: str, mcfg: ModelConfig, data: dict, step, loop: LoopConfig, progress: bool = True,
-              extra: dict | None = None, erase_range=None, init=None) -> nn.Module:
+              extra: dict | None = None, erase_range=None, init=None, val: dict | None = None) -> nn.Module:
     """Train (or load, when ``run/stage/model.safetensors`` exists) one model and save its checkpoint.
 
     ``init(model)`` may copy weights into the fresh model before training (e.g. the optical encoder from f_S).
+    ``val`` (the same keys as ``data``) selects the checkpoint epoch (``loop.select``); the sidecar records the
+    SGD steps and the selected epoch.
     """
-    ckpt = Path(run) / stage / "model.safetensors"
+    ckpt = checkpoint_path(run, stage)
     if ckpt.exists():
         model, _, _ = load_checkpoint(ckpt, expect=mcfg.name)
         return model.to(loop.device).eval()
@@ -58,8 +64,13 @@ def run_stage(run: Path, stage: str, mcfg: ModelConfig, data: dict, step, loop: 
     model = create_model_from_config(mcfg)
     if init is not None:
         init(model)
-    model = Trainer(model, data, step, loop, Path(run) / stage, stage, progress, erase_range).fit()
-    save_checkpoint(ckpt, model.cpu(), mcfg, extra={"stage": stage, "epochs": loop.epochs, **(extra or {})})
+    trainer = Trainer(model, data, step, loop, Path(run) / stage, stage, progress, erase_range, val=val)
+    model = trainer.fit()
+    summary = trainer.summary()
+    sel = f", val acc {summary['val_acc']:.3f}" if summary["val_acc"] is not None else ""
+    print(f"  {stage}: {summary['steps']} steps, selected epoch {summary['selected_epoch'] + 1}/{summary['epochs']} "
+          f"({summary['select']}{sel})", flush=True)
+    save_checkpoint(ckpt, model.cpu(), mcfg, extra={"stage": stage, **summary, **(extra or {})})
     return model.to(loop.device).eval()
 
 
@@ -71,7 +82,7 @@ def predict(model: nn.Module, *inputs: torch.Tensor, batch: int = 256, device: s
     """
     model.eval().to(device)
     outs: dict[str, list] = {}
-    for s in range(0, len(inputs[0]), batch):
+    for s in range(0, max(len(inputs[0]), 1), batch):  # an empty input still gives (0, K) outputs
         xs = [x[s:s + batch].to(device) for x in inputs]
         y = model(*xs)
         y = y if isinstance(y, dict) else {"logits": y}
@@ -93,15 +104,19 @@ def train_source(cfg: TrainConfig, src: Bank, run: Path, progress: bool = True) 
         z = model(b["optical"])
         return F.cross_entropy(z, b["target"]), z, {}
 
+    val = src.where("val")
     return run_stage(run, "source", model_config(cfg, src, "optical"), {"optical": train.optical,
-                     "target": train.labels}, step, cfg.loop("source"), progress, erase_range=valid_range(src))
+                     "target": train.labels}, step, cfg.loop("source"), progress, erase_range=valid_range(src),
+                     val={"optical": val.optical, "target": val.labels} if len(val) else None)
 
 
-def init_from(optical=None, sar=None):
+def init_from(optical=None, sar=None, product_head: bool = False):
     """An ``init`` for :func:`run_stage`: copy encoders of trained classifiers into a fresh model.
 
     For a classifier, ``optical`` (or ``sar``) is copied whole (encoder and head); for a dual model the optical
-    encoder comes from ``optical`` and the SAR encoder from ``sar`` (either may be ``None``: trained from scratch).
+    encoder comes from ``optical`` and the SAR encoder from ``sar`` (either may be ``None``: trained from scratch);
+    with ``product_head`` the fused head is ``[W_O, W_R]``, ``b_O + b_R``: its logits are the sum of the two
+    classifiers' logits, the (unnormalised) product of their posteriors.
     """
     def init(model: nn.Module) -> None:
         if hasattr(model, "opt_encoder"):
@@ -109,6 +124,12 @@ def init_from(optical=None, sar=None):
                 model.opt_encoder.load_state_dict(optical.encoder.state_dict())
             if sar is not None:
                 model.sar_encoder.load_state_dict(sar.encoder.state_dict())
+            if product_head and optical is not None and sar is not None:
+                with torch.no_grad():  # z = z_O + z_R: the fused head starts as the product of the teachers
+                    d_o = optical.head.weight.shape[1]
+                    model.head.weight[:, :d_o] = optical.head.weight
+                    model.head.weight[:, d_o:] = sar.head.weight
+                    model.head.bias.copy_(optical.head.bias + sar.head.bias)
         else:
             src = optical if optical is not None else sar
             if src is not None:
@@ -125,59 +146,209 @@ def valid_range(bank: Bank) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------------------- step 1
-def pseudo_label(source: nn.Module, tgt: Bank, step1: Step1Config, device: str = "cpu") -> dict:
-    """Source logits on the target's cloudy optical, pseudo-labels, and the indices the filter keeps."""
-    u = predict(source, tgt.optical, device=device)["logits"]
-    fcfg = FilterConfig(step1.policy, step1.tau, step1.min_per_class, step1.frac_per_class)
-    kept = select(u.numpy(), fcfg)
-    return {"u": u, "pseudo": u.argmax(1), "kept": torch.as_tensor(kept, dtype=torch.long)}
+def pseudo_label(source: nn.Module, tgt: Bank, step1: Step1Config, device: str = "cpu",
+                 logits: torch.Tensor | None = None) -> dict:
+    """Teacher logits on the target, pseudo-labels, and the indices the filter keeps.
+
+    The logits are f_S's on the cloudy optical unless ``logits`` are given.
+
+    With ``step1.cloud_max < 1`` (cloud-aware step 1) samples above that cloud cover get no hard pseudo-label:
+    ``kept`` holds only visible-enough samples, ``clouded`` the others (soft targets for f_O when
+    ``step1.clouded == "soft"``).
+    """
+    u = predict(source, tgt.optical, device=device)["logits"] if logits is None else logits
+    fcfg = FilterConfig(step1.policy, step1.tau, step1.min_per_class, step1.frac_per_class, step1.q)
+    visible = (tgt.coverage <= step1.cloud_max).numpy()
+    vis_idx = np.flatnonzero(visible)
+    kept = vis_idx[select(u.numpy()[vis_idx], fcfg)] if len(vis_idx) else vis_idx
+    return {"u": u, "pseudo": u.argmax(1), "kept": torch.as_tensor(kept, dtype=torch.long),
+            "clouded": torch.as_tensor(np.flatnonzero(~visible), dtype=torch.long)}
 
 
 def aux_step(key: str, temperature: float, lambda_kd: float):
-    """Step-1 loss for an auxiliary on input ``key``: CE to the pseudo-label + lambda * KD_T to the source logits."""
+    """Step-1 loss for an auxiliary on input ``key``: CE to the pseudo-label + lambda * KD_T to the teacher logits.
+
+    Rows whose ``target`` is -1 carry no hard label (a clouded patch with a soft target): they add only the KD
+    term, whose teacher row is then all zeros (a uniform distribution). The CE is summed over labelled rows and
+    divided by the batch size, which is the plain mean when every row is labelled.
+    """
     def step(model, b):
         z = model(b[key])
+        t = b["target"]
         kd = kd_rows(z, b["teacher"], temperature).mean() if lambda_kd else z.new_zeros(())
-        return F.cross_entropy(z, b["target"]) + lambda_kd * kd, z, {}
+        if bool((t < 0).any()):
+            ce = F.cross_entropy(z, t.clamp_min(0), reduction="none")
+            ce = (ce * (t >= 0)).sum() / len(z)
+        else:
+            ce = F.cross_entropy(z, t)
+        return ce + lambda_kd * kd, z, {}
 
     return step
 
 
+def aux_data(bank: Bank, pl: dict, modality: str, step1: Step1Config) -> dict:
+    """The training tensors of an auxiliary: kept pseudo-labelled samples (+ clouded ones with soft targets)."""
+    kept = pl["kept"]
+    target, teacher = pl["pseudo"][kept], pl["u"][kept]
+    if modality == "optical" and step1.clouded == "soft" and len(pl["clouded"]):
+        c = pl["clouded"]
+        kept = torch.cat([kept, c])
+        target = torch.cat([target, torch.full((len(c),), -1, dtype=target.dtype)])
+        teacher = torch.cat([teacher, torch.zeros(len(c), teacher.shape[1], dtype=teacher.dtype)])
+    x = (bank.optical if modality == "optical" else bank.sar)[kept]
+    return {modality: x, "target": target, "teacher": teacher}
+
+
+def simulated_clouds(bank: Bank, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cloudy versions of ``bank.optical`` (normalised) and their realised cloud cover.
+
+    Clouds are rendered on raw DN by the generator's cloud model, coverage uniform in [0, 1] and a random preset
+    per image, fixed seed.
+    """
+    from esccs.data.clouds import CLOUD_PRESETS, simulate_clouds
+
+    rng = np.random.default_rng([seed, 11])
+    norm = bank.opt_norm
+    presets = sorted(CLOUD_PRESETS)
+    raw = bank.optical.numpy() * norm.std[:, None, None] + norm.mean[:, None, None]
+    images, cover = [], []
+    for img in raw:
+        res = simulate_clouds(img, float(rng.uniform(0.0, 1.0)), rng, presets[int(rng.integers(len(presets)))],
+                              band_names=norm.bands)
+        images.append(norm(res.image))
+        cover.append(float(res.coverage))
+    return torch.from_numpy(np.stack(images)), torch.tensor(cover, dtype=torch.float32)
+
+
+def source_cloud_data(src: Bank, source: nn.Module, step1: Step1Config, seed: int, device: str = "cpu") -> dict:
+    """[ours] f_O's extra training rows: labelled source images under simulated clouds.
+
+    CE to the source label and KD to f_S's logits on the clear image; rows above ``cloud_max`` get the soft
+    (uniform) target instead.
+    """
+    train = src.where("train") if (src.split == "train").any() else src
+    x, cover = simulated_clouds(train, seed)
+    teacher = predict(source, train.optical, device=device)["logits"]
+    target = train.labels.clone()
+    if step1.clouded == "soft":
+        hidden = cover > step1.cloud_max
+        target[hidden] = -1
+        teacher[hidden] = 0.0
+    return {"optical": x, "target": target, "teacher": teacher}
+
+
 def train_aux(cfg: TrainConfig, tgt: Bank, pl: dict, run: Path, modality: str, progress: bool = True,
-              stage: str | None = None, source: nn.Module | None = None) -> nn.Module:
+              stage: str | None = None, source: nn.Module | None = None, val: tuple[Bank, dict] | None = None,
+              init: nn.Module | None = None, extra_rows: dict | None = None) -> nn.Module:
     """Step 1: an auxiliary model (``optical``: cloudy optical; ``sar``) on the filtered pseudo-labels.
 
     The optical auxiliary starts from the source model's weights when ``source`` is given and
-    ``step1.init_from_source`` is set; the SAR auxiliary always starts from scratch (other input).
+    ``step1.init_from_source`` is set; the SAR auxiliary starts from scratch (other input), unless ``init`` (a
+    trained model of the same kind, e.g. the previous relabelling round's) is given. ``val`` = (held-out bank, its
+    pseudo-labels) selects the checkpoint. ``extra_rows`` (same keys) are added to the training rows.
     """
-    kept = pl["kept"]
-    x = (tgt.optical if modality == "optical" else tgt.sar)[kept]
-    data = {modality: x, "target": pl["pseudo"][kept], "teacher": pl["u"][kept]}
+    data = aux_data(tgt, pl, modality, cfg.step1)
+    if extra_rows:
+        data = {k: torch.cat([v, extra_rows[k]]) for k, v in data.items()}
     step = aux_step(modality, cfg.step1.temperature, cfg.step1.lambda_kd)
+    if init is not None:
+        init_fn = init_from(optical=init) if modality == "optical" else init_from(sar=init)
+    else:
+        init_fn = init_from(optical=source) if modality == "optical" and cfg.step1.init_from_source else None
+    vdata = aux_data(val[0], val[1], modality, cfg.step1) if val is not None and len(val[0]) else None
     return run_stage(run, stage or f"aux_{modality}", model_config(cfg, tgt, modality), data, step, cfg.loop("aux"),
-                     progress, extra={"kept": int(len(kept))}, erase_range=valid_range(tgt),
-                     init=init_from(optical=source) if modality == "optical" and cfg.step1.init_from_source else None)
+                     progress, extra={"kept": int(len(pl["kept"]))}, erase_range=valid_range(tgt), init=init_fn,
+                     val=vdata)
 
 
 # ---------------------------------------------------------------------------------------------------------- step 2
-def irm_inputs(teachers: dict, s2: Step2Config) -> dict:
-    """Per-sample IRM quantities from the frozen teachers, computed once: pi (N,3), rho (N,), k (N,2)."""
-    pi, rho, k, ybar = irm_weights_reference(teachers["u"], teachers["a_o"], teachers["a_s"], gamma=s2.gamma,
-                                             alpha=s2.alpha, k_min=s2.k_min, reference=s2.reference,
-                                             score=s2.score, form=s2.form)
+def k_from_rho(rho: torch.Tensor, alpha: float, k_min: float, form: str) -> torch.Tensor:
+    """IRM-B's balancing coefficients ``(N, 2)`` = (k_o, k_s) from the discrepancy ratio (docs/method.md formulas)."""
+    up = alpha * (rho - 1) if form == "continuous" else alpha * rho
+    down = alpha * (1 / rho - 1) if form == "continuous" else alpha / rho
+    k_o = torch.where(rho > 1, (1 - torch.tanh(up)).clamp_min(k_min), torch.ones_like(rho))
+    k_s = torch.where(rho > 1, torch.ones_like(rho), (1 - torch.tanh(down)).clamp_min(k_min))
+    return torch.stack([k_o, k_s], 1)
+
+
+def modality_weights(teachers: dict, coverage: torch.Tensor, s2: Step2Config, eps: float = 1e-6) -> tuple:
+    """[ours] IRM with one vote per modality, the optical vote scaled by the visible fraction ``1 - cover``.
+
+    ``q_opt = (p^S + p^O) / 2`` (the optical modality's vote), ``q_sar = p^R``; reference label
+    ``ybar = argmax(v q_opt + q_sar)`` with ``v = 1 - cover``; contributions ``c_opt = v q_opt[ybar]``,
+    ``c_sar = q_sar[ybar]``; teacher weights ``pi^S = pi^O = c_opt^g / 2Z``, ``pi^R = c_sar^g / Z``; ``rho`` and
+    ``k`` as docs/method.md, except that the SAR branch is damped only as far as the optical image is visible
+    (``k_s <- 1 - v (1 - k_s)``): under full cloud there is nothing for the optical branch to catch up on.
+    """
+    p = [t.float().softmax(1) for t in (teachers["u"], teachers["a_o"], teachers["a_s"])]
+    v = (1 - coverage.float().clamp(0, 1)).unsqueeze(1)
+    q_opt, q_sar = (p[0] + p[1]) / 2, p[2]
+    ybar = (v * q_opt + q_sar).argmax(1)
+    c_opt = (v * q_opt).gather(1, ybar[:, None])[:, 0]
+    c_sar = q_sar.gather(1, ybar[:, None])[:, 0]
+    g = s2.gamma
+    w_opt, w_sar = c_opt.clamp_min(0) ** g, c_sar ** g
+    z = (w_opt + w_sar).clamp_min(1e-12)
+    pi = torch.stack([w_opt / (2 * z), w_opt / (2 * z), w_sar / z], 1)
+    rho = (c_opt + eps) / (c_sar + eps)
+    k = k_from_rho(rho, s2.alpha, s2.k_min, s2.form)
+    k[:, 1] = 1 - v[:, 0] * (1 - k[:, 1])
+    k[:, 0] = k[:, 0] * v[:, 0].clamp_min(s2.k_min)  # the fused path barely trains the optical branch on cloud
+    return pi, rho, k, ybar
+
+
+def irm_inputs(teachers: dict, s2: Step2Config, coverage: torch.Tensor | None = None) -> dict:
+    """Per-sample IRM quantities from the frozen teachers, computed once: pi (N,3), rho (N,), k (N,2), ybar (N,)."""
+    if s2.vote == "modality":
+        if coverage is None:
+            coverage = torch.zeros(len(teachers["u"]))
+        pi, rho, k, ybar = modality_weights(teachers, coverage, s2)
+    else:
+        pi, rho, k, ybar = irm_weights_reference(teachers["u"], teachers["a_o"], teachers["a_s"], gamma=s2.gamma,
+                                                 alpha=s2.alpha, k_min=s2.k_min, reference=s2.reference,
+                                                 score=s2.score, form=s2.form)
     if not s2.irm_b:
         k = torch.ones_like(k)
     return {"pi": pi, "rho": rho, "k": k, "ybar": ybar}
 
 
+def pooled_logits(teachers: dict, coverage: torch.Tensor) -> torch.Tensor:
+    """[ours] Log-linear pool of the teachers: ``v/2 log p^S + v/2 log p^O + log p^R`` with ``v = 1 - cover``.
+
+    The product of the modalities' posteriors is the Bayes fusion when optical and SAR are independent given the
+    class; the optical modality's log-posterior (the mean of f_S's and f_O's) counts as far as the image is visible.
+    """
+    v = (1 - coverage.float().clamp(0, 1)).unsqueeze(1)
+    logp = [t.float().log_softmax(1) for t in (teachers["u"], teachers["a_o"], teachers["a_s"])]
+    return v * (logp[0] + logp[1]) / 2 + logp[2]
+
+
+def regulated_kd(z: torch.Tensor, b: dict, temperature: float, beta: float) -> torch.Tensor:
+    """``mean_i [sum_m pi_im KD_T(z_i, t_im) + beta CE(z_i, ybar_i)]`` with precomputed ``pi`` and ``ybar``."""
+    pi = b["pi"]
+    kd = pi[:, 0] * kd_rows(z, b["u"], temperature) + pi[:, 1] * kd_rows(z, b["a_o"], temperature) + \
+        pi[:, 2] * kd_rows(z, b["a_s"], temperature)
+    return (kd + beta * F.cross_entropy(z, b["target"], reduction="none")).mean()
+
+
 def target_step(s2: Step2Config):
-    """Step-2 loss: IRM-weighted three-teacher KD + consensus CE on the fused logits, plus branch KD."""
+    """Step-2 loss: IRM-weighted three-teacher KD + consensus CE on the fused logits, plus branch KD.
+
+    ``vote="teacher"`` is docs/method.md's recipe through the fused ``irm_kd`` op (weights recomputed per batch from
+    the teachers); ``vote="modality"`` uses the per-sample weights precomputed by :func:`modality_weights`.
+    """
     def step(model, b):
         k = b["k"]
         out = model(b["optical"], b["sar"], k=k if s2.irm_apply == "grad" else None)
-        dec = irm_kd(out["logits"], b["u"], b["a_o"], b["a_s"], temperature=s2.temperature, gamma=s2.gamma,
-                     beta=s2.beta, alpha=s2.alpha, k_min=s2.k_min, reference=s2.reference, score=s2.score,
-                     form=s2.form).loss
+        if s2.vote == "modality" and s2.fusion == "product":
+            dec = (kd_rows(out["logits"], b["pooled"], s2.temperature)
+                   + s2.beta * F.cross_entropy(out["logits"], b["target"], reduction="none")).mean()
+        elif s2.vote == "modality":
+            dec = regulated_kd(out["logits"], b, s2.temperature, s2.beta)
+        else:
+            dec = irm_kd(out["logits"], b["u"], b["a_o"], b["a_s"], temperature=s2.temperature, gamma=s2.gamma,
+                         beta=s2.beta, alpha=s2.alpha, k_min=s2.k_min, reference=s2.reference, score=s2.score,
+                         form=s2.form).loss
         weights = k if s2.irm_apply == "loss" else None
         uni = unimodal_kd(out["logits_o"], out["logits_s"], b["a_o"], b["a_s"], temperature=s2.temperature,
                           weights=weights)
@@ -186,22 +357,38 @@ def target_step(s2: Step2Config):
     return step
 
 
+def target_data(cfg: TrainConfig, bank: Bank, teachers: dict) -> tuple[dict, dict]:
+    """Step-2 tensors of a bank (all samples unless ``step2.filter``) and its IRM quantities."""
+    irm = irm_inputs(teachers, cfg.step2, bank.coverage)
+    idx = torch.arange(len(bank))
+    if cfg.step2.filter:
+        s1 = cfg.step1
+        fcfg = FilterConfig(s1.policy, s1.tau, s1.min_per_class, s1.frac_per_class, s1.q)
+        idx = torch.as_tensor(select(teachers["u"].numpy(), fcfg))
+    data = {"optical": bank.optical[idx], "sar": bank.sar[idx], "u": teachers["u"][idx],
+            "a_o": teachers["a_o"][idx], "a_s": teachers["a_s"][idx], "k": irm["k"][idx],
+            "target": irm["ybar"][idx], "pi": irm["pi"][idx]}
+    if cfg.step2.vote == "modality" and cfg.step2.fusion == "product":
+        pooled = pooled_logits(teachers, bank.coverage)
+        data.update(pooled=pooled[idx], target=pooled.argmax(1)[idx])
+    return data, irm
+
+
 def train_target(cfg: TrainConfig, tgt: Bank, teachers: dict, run: Path, progress: bool = True,
-                 stage: str = "target", init_models: tuple | None = None) -> nn.Module:
+                 stage: str = "target", init_models: tuple | None = None,
+                 val: tuple[Bank, dict] | None = None) -> nn.Module:
     """Step 2: the dual-branch target from all target-train samples (unfiltered unless ``step2.filter``).
 
     ``init_models`` = ``(f_O, f_R)``: with ``step2.init_from_teachers`` the two encoders start from theirs.
+    ``val`` = (held-out bank, its teacher logits) selects the epoch against the held-out reference labels.
     """
-    irm = irm_inputs(teachers, cfg.step2)
-    idx = torch.arange(len(tgt))
-    if cfg.step2.filter:
-        fcfg = FilterConfig(cfg.step1.policy, cfg.step1.tau, cfg.step1.min_per_class, cfg.step1.frac_per_class)
-        idx = torch.as_tensor(select(teachers["u"].numpy(), fcfg))
-    data = {"optical": tgt.optical[idx], "sar": tgt.sar[idx], "u": teachers["u"][idx], "a_o": teachers["a_o"][idx],
-            "a_s": teachers["a_s"][idx], "k": irm["k"][idx], "target": irm["ybar"][idx]}
+    data, irm = target_data(cfg, tgt, teachers)
+    vdata = target_data(cfg, val[0], val[1])[0] if val is not None and len(val[0]) else None
     init = init_from(*init_models) if init_models and cfg.step2.init_from_teachers else None
+    if init is not None and cfg.step2.vote == "modality" and cfg.step2.fusion == "product":
+        init = init_from(*init_models, product_head=True)
     return run_stage(run, stage, model_config(cfg, tgt, "dual"), data, target_step(cfg.step2), cfg.loop("target"),
-                     progress, extra={"mean_pi": irm["pi"].mean(0).tolist()}, init=init)
+                     progress, extra={"mean_pi": irm["pi"].mean(0).tolist()}, init=init, val=vdata)
 
 
 def teacher_logits(source: nn.Module, aux_o: nn.Module, aux_s: nn.Module, tgt: Bank, device: str = "cpu") -> dict:
@@ -218,5 +405,6 @@ def stratum_ids(coverage: torch.Tensor) -> np.ndarray:
     return np.array([cloud_stratum(min(max(float(c), 0.0), 1.0)) for c in coverage])
 
 
-__all__ = ["model_config", "run_stage", "predict", "train_source", "pseudo_label", "train_aux", "train_target",
-           "teacher_logits", "irm_inputs", "target_step", "aux_step", "stratum_ids"]
+__all__ = ["model_config", "run_stage", "checkpoint_path", "predict", "train_source", "pseudo_label", "train_aux",
+           "aux_data", "train_target", "target_data", "teacher_logits", "irm_inputs", "modality_weights",
+           "regulated_kd", "target_step", "aux_step", "stratum_ids"]

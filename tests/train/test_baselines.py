@@ -28,6 +28,16 @@ def setup(tmp_path_factory):
     return cfg, load_banks(cfg, progress=False)
 
 
+@pytest.fixture(scope="module")
+def bigger(tmp_path_factory):
+    root = tmp_path_factory.mktemp("baselines_bigger")
+    synthesize(SynthConfig(out=root / "d", samples=600, size=24, patches_per_scene=12, workers=1, seed=5),
+               progress=False)
+    cfg = load_config(None, {"data": str(root / "d"), "out": str(root / "run"), **TINY, "source.epochs": 8,
+                             "aux.epochs": 8, "target.epochs": 8})
+    return cfg, load_banks(cfg, progress=False)
+
+
 class SpyBank(Bank):
     """A bank that records reads of what training must not see: labels, clear optical, held-back labels."""
 
@@ -98,7 +108,8 @@ def test_cycit_never_reads_target_labels(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "fit", fit)
     pred = cycit.cycit(ctx)
     assert ctx.tgt.touched == []
-    assert fits == [("cycit/translator", ["optical", "sar"]), ("cycit/classifier", ["sar", "sar_t", "target"])]
+    assert fits == [("cycit/translator", ["optical", "sar"]),
+                    ("cycit/classifier", ["log_b", "mu", "sar_t", "target"])]
     assert (tmp_path / "cycit" / "translator" / "net.safetensors").exists()
     assert pred.fn(test)["logits"].shape == (len(test), len(test.classes))
 
@@ -183,3 +194,81 @@ def test_spl_paced_trainer_uses_growing_subsets(tmp_path):
     net = torch.nn.Conv2d(1, 1, 1)
     spl.PacedTrainer(net, {"x": x}, step, cfg, tmp_path, "t", False, scores=torch.arange(10.0), p0=0.4).fit()
     assert [sorted(s.flatten().tolist()) for s in seen] == [[0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6], list(range(10))]
+
+
+# ------------------------------------------------------------------------------------------- TTL and CycIT, fixed
+def test_ttl_carry_spreads_the_first_convolution_and_copies_the_rest():
+    from esccs.models import create_model
+
+    torch.manual_seed(0)
+    prev = create_model("resnet10", width=8, in_chans=1, n_classes=10, patch_size=32)
+    nxt = create_model("resnet10", width=8, in_chans=2, n_classes=10, patch_size=32)
+    ttl.carry(prev)(nxt)
+    a, b = prev.state_dict(), nxt.state_dict()
+    first = next(k for k, v in a.items() if v.dim() == 4)
+    torch.testing.assert_close(b[first], a[first].repeat(1, 2, 1, 1) / 2)  # same response to equal channels
+    for k in a:
+        if k != first:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_ttl_intermediate_hops_learn_the_labelled_source_images(setup, tmp_path, monkeypatch):
+    _, (src, _, test) = setup
+    ctx = context(setup, out=str(tmp_path))
+    ctx.cache["source"] = context(setup).source()
+    fits = []
+
+    def fit(self):
+        fits.append((self.name, len(self.data["target"]), self.data["target"].clone()))
+        return self.model.eval()
+
+    monkeypatch.setattr(Trainer, "fit", fit)
+    ttl.ttl(ctx)
+    assert [f[0] for f in fits] == ["ttl/i1", "ttl/i2", "ttl/sar"]
+    train = src.where("train")
+    for _, n, y in fits[:2]:
+        assert n == len(train) and torch.equal(y, train.labels)  # source images in the hop's domain, their labels
+    assert ctx.tgt.touched == []  # the SAR hop uses step 1's pseudo-labels, never target labels
+
+
+def test_cycit_translated_sar_has_the_statistics_of_real_sar(setup, tmp_path):
+    _, (_, tgt, _) = setup
+    cfg = dataclasses.replace(setup[0], out=str(tmp_path), aux=dataclasses.replace(setup[0].aux, epochs=8))
+    ctx = Context(cfg, tmp_path, setup[1][0], tgt, progress=False)
+    net = cycit.train_translator(ctx)
+    test = setup[1][2]  # images the translator and its calibration never saw
+    mu, log_b = cycit.sar_like_params(net, test.optical, (tgt.optical, tgt.sar))
+    fake = cycit.translate(mu, log_b, torch.Generator().manual_seed(0))
+    within = lambda x: float(x.flatten(2).std(2).mean())  # noqa: E731 - within-image std, averaged
+    real = within(test.sar)
+    tgt = test
+    assert 0.7 < within(fake) / real < 1.4, (within(fake), real)  # speckle-like spread, as real SAR
+    assert within(mu) / real < 0.7  # the mean image alone (an L1 translator's output) is far too smooth
+    # heavy bright tail: the top percentile of a draw sits as far above its median as real SAR's does
+    q = lambda x: float((x.quantile(0.99) - x.median()) / x.std())  # noqa: E731
+    assert abs(q(fake[:, 0]) - q(tgt.sar[:, 0])) < 0.6
+
+
+def test_cycit_adaptation_ramps_up_and_adabn_uses_target_statistics():
+    assert cycit.ramp(0.0) == 0.0 and cycit.ramp(1.0) == pytest.approx(1.0, abs=1e-4)
+    assert 0 < cycit.ramp(0.1) < cycit.ramp(0.3) < cycit.ramp(0.6)
+    from esccs.models import create_model
+
+    model = create_model("resnet10", width=8, in_chans=2, n_classes=10, patch_size=32)
+    x = 3.0 + 2.0 * torch.randn(64, 2, 32, 32)
+    cycit.adapt_bn(model, x)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not model.training
+    torch.testing.assert_close(bn.running_mean.mean(), torch.tensor(0.0), atol=10.0, rtol=0)  # re-estimated
+    assert bn.num_batches_tracked > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ("ttl", "cycit"))
+def test_ttl_and_cycit_beat_chance_on_a_tiny_seeded_run(bigger, name, tmp_path):
+    cfg, (src, tgt, test) = bigger
+    cfg = dataclasses.replace(cfg, out=str(tmp_path))
+    ctx = Context(cfg, tmp_path, src, tgt, progress=False)
+    out = METHODS[name](ctx).fn(test)
+    acc = float((out["logits"].argmax(1) == test.labels).float().mean())
+    assert acc > 1.5 / len(test.classes), acc

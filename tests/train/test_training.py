@@ -205,7 +205,7 @@ def test_step2_loss_on_the_fused_path_matches_the_reference(banks):
     from esccs.ops import set_fused
 
     src, tgt, _ = banks
-    cfg = cfg_for("", "/nonexistent")
+    cfg = cfg_for("", "/nonexistent", **{"step2.vote": "teacher"})  # method.md's weights: the fused irm_kd path
     g = torch.Generator().manual_seed(0)
     b = {"optical": tgt.optical[:5], "sar": tgt.sar[:5], **{k: torch.randn(5, 10, generator=g)
                                                            for k in ("u", "a_o", "a_s")},
@@ -265,4 +265,4 @@ def test_cli_train_then_eval(data, tmp_path):
     r = CliRunner().invoke(cli, ["eval", str(run), "--table", str(tmp_path / "acc.md")])
     assert r.exit_code == 0, r.output
     text = (tmp_path / "acc.md").read_text()
-    assert "| esccs |" in text and "| sar-only |" in text and (tmp_path / "acc_by_cover.png").exists()
+    assert "| **esccs** |" in text and "| sar-only |" in text and (tmp_path / "acc_by_cover.png").exists()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from esccs.models import create_model_from_config
-from esccs.ops.unimodal_kd.reference import kd_rows
+from esccs.ops import kd_rows
 from esccs.train import stages as st
 from esccs.train.baselines.unet import is_saved, train_or_load
 from esccs.train.methods import Context, Predictor
@@ -103,14 +103,15 @@ def gdl(ctx: Context) -> Predictor:
     """GDL baseline: train (or load) the Gaussian dual-branch net; predict the fused logits."""
     cfg = ctx.cfg
     folder = ctx.run / "gdl" / "net"
-    data = {}
+    data, val = {}, None
     if not is_saved(folder):
-        u = st.predict(ctx.source(), ctx.tgt.optical, device=ctx.device)["logits"]
-        data = {"optical": ctx.tgt.optical, "sar": ctx.tgt.sar, "target": u.argmax(1), "teacher": u}
+        from esccs.train.methods import pseudo_data
+
+        data, val = (pseudo_data(ctx, b, ("optical", "sar")) for b in ("tgt", "tval"))
     net_cfg = {"arch": cfg.model.arch, "width": cfg.model.width, "stem": cfg.model.stem, "bands": list(cfg.bands),
                "classes": list(ctx.tgt.classes), "kl_weight": KL_WEIGHT, "uni_weight": UNI_WEIGHT, "seed": cfg.seed}
     net = train_or_load(folder, lambda: build_gdl(ctx), data, gdl_step(cfg.step1.temperature), cfg.loop("target"),
-                        net_cfg, ctx.progress)
+                        net_cfg, ctx.progress, val=val)
 
     def fn(bank) -> dict:
         return {"logits": st.predict(net, bank.optical, bank.sar, device=ctx.device)["logits"]}
