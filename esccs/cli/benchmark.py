@@ -107,7 +107,7 @@ def benchmark(ctx: click.Context, model_path: Path | None, data: Path | None, ch
     esccs benchmark --model demo/model.onnx --data demo/data --checkpoint demo/run/target/model.safetensors
     esccs benchmark --model m.onnx --data data/ --device cuda --backends torch,torch-cudagraphs,tensorrt
     \b
-    Subcommands (esccs benchmark COMMAND --help): synth, ops, train, infer.
+    Subcommands (esccs benchmark COMMAND --help): synth, ops, train, infer, read.
     """
     if ctx.invoked_subcommand is not None:
         given = [f"--{n.replace('_', '-')}" for n in GRID_OPTIONS
@@ -118,7 +118,7 @@ def benchmark(ctx: click.Context, model_path: Path | None, data: Path | None, ch
         return
     if model_path is None or data is None:
         raise click.UsageError("the backend grid needs --model M and --data DIR (or name a subcommand: synth, ops, "
-                               "train, infer)")
+                               "train, infer, read)")
     import shlex
     import sys
 
@@ -258,3 +258,45 @@ def infer_speed(data: Path, model_path: Path | None, arch: str, width: int, coun
 
         write_json(out, r)
         click.echo(f"wrote {out}")
+
+
+@benchmark.command(name="read")
+@click.option("--sizes", default="32,128,256", show_default=True, callback=_ints, help="Tile sizes in pixels.")
+@click.option("--paths", default="rasterio,fast", show_default=True, callback=_names(("rasterio", "fast")),
+              help="Read paths: rasterio (ESCCS_READER=rasterio, the reference) and fast (the default).")
+@click.option("--workers", default="1,2", show_default=True, callback=_ints,
+              help="Reader workers: 1 is a thread, more are worker processes (and, with --threads-too, threads).")
+@click.option("--threads-too/--no-threads-too", default=True, show_default=True,
+              help="Also time N reader threads for every N > 1 (they do not scale; this shows it).")
+@click.option("--rounds", default=5, show_default=True, help="Interleaved rounds over the configurations.")
+@click.option("--min-time", default=1.0, show_default=True, help="Seconds per configuration and round.")
+@click.option("--samples", default=64, show_default=True, help="Synthetic samples per size (half are tiles read).")
+@click.option("--tiff-profile", "profile", default="sen12ms", show_default=True,
+              help="GeoTIFF layout of the tiles (esccs data synth --tiff-profile).")
+@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for the synthetic tiles (default /tmp/esccs-bench-read).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write figures as JSON, and a Markdown table beside it (.md).")
+def read_speed(sizes: tuple[int, ...], paths: tuple[str, ...], workers: tuple[int, ...], threads_too: bool,
+               rounds: int, min_time: float, samples: int, profile: str, scratch: Path | None,
+               out: Path | None) -> None:
+    """Reader-only tile triples/s: rasterio path vs fast path, 1 and 2 workers, side by side in one run.
+
+    Goals (issue 15): 256 px, one worker, fast >= 4x rasterio; 2 workers >= 1.7x one worker.
+    """
+    import shlex
+    import sys
+
+    from esccs.benchmarks.read import bench_read, format_read
+
+    r = bench_read(sizes, paths, workers, threads_too, rounds, min_time, samples, profile, scratch,
+                   log=lambda m: click.echo(m, err=True))
+    r["command"] = shlex.join(["esccs", *sys.argv[1:]]) if sys.argv[1:2] == ["benchmark"] else ""
+    table = format_read(r)
+    click.echo(table)
+    if out:
+        from esccs.io.atomic import write_json, write_text
+
+        write_json(out, r)
+        write_text(out.with_suffix(".md"), table)
+        click.echo(f"wrote {out} and {out.with_suffix('.md')}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from esccs.cli._options import float_list
+from esccs.io.tiff_profiles import TIFF_PROFILES
 
 
 @click.group()
@@ -31,14 +32,18 @@ def data() -> None:
 @click.option("--layout", type=click.Choice(["sen12ms", "paired"]), default="sen12ms", show_default=True,
               help="sen12ms: SEN12MS source + SEN12MS-CR target trees; paired: <split>/{optical,sar,cloud_mask}/.")
 @click.option("--workers", default=os.cpu_count() or 1, show_default=True, help="Worker processes.")
+@click.option("--tiff-profile", type=click.Choice(list(TIFF_PROFILES)), default="sen12ms", show_default=True,
+              help="GeoTIFF layout on disk (same values): sen12ms is how SEN12MS tiles are written (uncompressed, "
+                   "pixel-interleaved strips; docs/data.md, Tile layout); the others are the striped / tiled, "
+                   "band-interleaved, DEFLATE / LZW / ZSTD / LZMA, predictor, BigTIFF and COG layouts of users' tiles.")
 @click.option("--compress", type=click.Choice(["none", "deflate", "lzw"]), default="none", show_default=True,
               help="GeoTIFF compression (none is fastest and what SEN12MS ships).")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run into OUT (files already written are kept).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing esccs data set in OUT.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(out: Path, samples: int, size: int, cloud_levels, seed: int, classes: str, source_fraction: float,
-          patches_per_scene: int, layout: str, workers: int, compress: str, resume: bool, overwrite: bool,
-          quiet: bool) -> None:
+          patches_per_scene: int, layout: str, workers: int, tiff_profile: str, compress: str, resume: bool,
+          overwrite: bool, quiet: bool) -> None:
     """Write a synthetic cloudy optical + SAR data set to OUT, in the real SEN12MS / SEN12MS-CR layouts.
 
     \b
@@ -52,7 +57,8 @@ def synth(out: Path, samples: int, size: int, cloud_levels, seed: int, classes: 
 
     cfg = SynthConfig(out=out, samples=samples, size=size, cloud_levels=cloud_levels, seed=seed, classes=classes,
                       source_fraction=source_fraction, patches_per_scene=patches_per_scene, layout=layout,
-                      workers=workers, compress=None if compress == "none" else compress, resume=resume,
+                      workers=workers, compress=None if compress == "none" else compress, tiff_profile=tiff_profile,
+                      resume=resume,
                       overwrite=overwrite)
     report = synthesize(cfg, progress=not quiet)
     click.echo(f"wrote {len(report.records)} samples to {out} in {report.seconds:.1f} s "

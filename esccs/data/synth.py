@@ -59,6 +59,7 @@ class SynthConfig:
     looks: float = 4.4
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     compress: str | None = None
+    tiff_profile: str = "sen12ms"  # GeoTIFF layout: esccs.io.raster.TIFF_PROFILES (docs/data.md, "Tile layout")
     resume: bool = False
     overwrite: bool = False
 
@@ -74,6 +75,9 @@ class SynthConfig:
             raise EsccsError(f"--source-fraction must be in (0, 1), got {self.source_fraction}")
         if self.layout not in ("sen12ms", "paired"):
             raise EsccsError(f"--layout must be 'sen12ms' or 'paired', got {self.layout!r}")
+        if self.tiff_profile not in raster.TIFF_PROFILES:
+            raise EsccsError(f"--tiff-profile must be one of {', '.join(raster.TIFF_PROFILES)}, "
+                             f"got {self.tiff_profile!r}")
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,8 @@ def make_sample(plan: SamplePlan, cfg: SynthConfig) -> dict:
     for mod, path in _files(plan, cfg).items():
         if cfg.resume and path.exists():
             continue
-        raster.write(path, arrays[mod], plan.epsg, transform, band_names=_BANDS[mod], compress=cfg.compress)
+        raster.write(path, arrays[mod], plan.epsg, transform, band_names=_BANDS[mod], compress=cfg.compress,
+                     profile=cfg.tiff_profile)
     record = {"id": plan.name.filename if cfg.layout == "sen12ms" else paired_id(plan), "plan": plan,
               "fractions": arrays["fractions"]}
     if plan.part == "target":

@@ -1,0 +1,203 @@
+"""``esccs benchmark read``: reader-only tile triples/s, the rasterio path against the fast path, 1 and 2 workers.
+
+A *triple* is one job of ``esccs infer``: the cloudy S2 (13 bands uint16), its S1 (2 bands float32) and its cloud
+mask, read with every check of :class:`~esccs.runtime.reader.TileReader` into a row of a batch buffer, exactly as
+the pipeline does (``pool.submit_batch(_read_one, ...)`` into a ring of slots). Each size gets an ``esccs data synth``
+folder written in the real SEN12MS tile layout (``--tiff-profile sen12ms``: uncompressed, pixel-interleaved, one-row
+strips for a 256 px S2); the tiles are read round-robin from the page cache (a warm-up pass first).
+
+Configurations: path (``rasterio`` = ``ESCCS_READER=rasterio``, today's reader; ``fast`` = the default) x workers
+(1 = one thread, the runtime's default; N > 1 = worker processes, the runtime's default for N > 1, and N threads for
+comparison). Every configuration keeps its pool, reader and buffers for the whole run (worker start-up and the
+first-file checks happen in the warm-up), and the rounds interleave the configurations, so load changes on a shared
+machine hit all of them alike; the median of the rounds is reported with the spread.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from esccs.runtime import open_tiles
+from esccs.runtime.model import default_threads
+from esccs.runtime.pipeline import _read_one
+from esccs.runtime.reader import Bands, TileReader, configure_gdal
+from esccs.runtime.workers import make_pool
+from esccs.spec import S1_BANDS, S2_BANDS
+
+PATHS = {"rasterio": "rasterio", "fast": "auto"}  # benchmark name -> TileReader engine
+#: issue 15 goals, reader-only: fast >= 4x rasterio at 256 px on one worker; 2 workers >= 1.7x one worker
+GOAL_FAST_256, GOAL_TWO_WORKERS = 4.0, 1.7
+
+
+def tile_data(scratch: Path, size: int, samples: int, profile: str = "sen12ms") -> Path:
+    """An ``esccs data synth`` folder of ``size`` px tiles in ``profile`` under ``scratch`` (made once)."""
+    from esccs.data.synth import SynthConfig, synthesize
+
+    out = Path(scratch) / f"synth_{size}px_{profile}_{samples}"
+    if not (out / "dataset.json").exists():
+        synthesize(SynthConfig(out=out, samples=samples, size=size, patches_per_scene=max(4, samples // 4),
+                               workers=min(2, os.cpu_count() or 1), tiff_profile=profile, overwrite=True),
+                   progress=False)
+    return out
+
+
+class ReadRun:
+    """One configuration: a reader, its pool and a ring of batch buffers, reading jobs round-robin.
+
+    Args:
+        jobs: the tile jobs to cycle through.
+        patch: tile size.
+        path: ``rasterio`` or ``fast``.
+        workers: readers; ``kind`` ``thread`` or ``process`` (one worker is always a thread).
+        batch: rows per slot; ``slots``: ring size (the pipeline's queue depth + 2 is 4).
+    """
+
+    def __init__(self, jobs: list, patch: int, path: str, workers: int, kind: str, batch: int = 32,
+                 slots: int = 4) -> None:
+        self.jobs, self.batch, self.name = jobs, batch, path
+        self.workers, self.kind = workers, kind if workers > 1 else "thread"
+        self.reader = TileReader(Bands(S2_BANDS, S1_BANDS, patch), engine=PATHS[path])
+        self.pool = make_pool(self.reader, workers, self.kind)
+        self.slots = [SimpleNamespace(optical=self.pool.buffer((batch, len(S2_BANDS), patch, patch)),
+                                      sar=self.pool.buffer((batch, len(S1_BANDS), patch, patch)))
+                      for _ in range(slots)]
+        self._next = 0
+
+    def read(self, n: int) -> int:
+        """Read at least ``n`` triples (whole batches); return how many."""
+        pending: list[list] = []
+        done = k = 0
+        while done < n:
+            if len(pending) == len(self.slots):
+                self._wait(pending.pop(0))
+            chunk = [self.jobs[(self._next + i) % len(self.jobs)] for i in range(self.batch)]
+            self._next += self.batch
+            pending.append(self.pool.submit_batch(_read_one, self.reader, chunk, self.slots[k % len(self.slots)]))
+            k += 1
+            done += self.batch
+        for futures in pending:
+            self._wait(futures)
+        return done
+
+    @staticmethod
+    def _wait(futures: list) -> None:
+        for f in futures:
+            r = f.result()
+            if r["status"] != "ok":
+                raise RuntimeError(f"benchmark tile failed: {r['path']}: {r['reason']}")
+
+    def rate(self, min_time: float) -> float:
+        """Triples/s over whole batches lasting at least ``min_time`` seconds."""
+        t0 = time.perf_counter()
+        n = 0
+        while True:
+            n += self.read(self.batch)
+            dt = time.perf_counter() - t0
+            if dt >= min_time:
+                return n / dt
+
+    def close(self) -> dict:
+        """Stop the pool; return the reader's counts (files per path, checks)."""
+        self.pool.shutdown(wait=True)
+        self.reader.absorb(self.pool)
+        return self.reader.stats()
+
+
+def bench_read(sizes: tuple[int, ...] = (32, 128, 256), paths: tuple[str, ...] = ("rasterio", "fast"),
+               workers: tuple[int, ...] = (1, 2), threads_too: bool = True, rounds: int = 5, min_time: float = 1.0,
+               samples: int = 64, profile: str = "sen12ms", scratch: Path | None = None, batch: int = 32,
+               log=print) -> dict[str, Any]:
+    """The whole comparison (see the module docstring); returns figures per size, ratios and goals."""
+    configure_gdal()
+    scratch = Path(scratch or "/tmp/esccs-bench-read")
+    out: dict[str, Any] = {"profile": profile, "rounds": rounds, "min_time_s": min_time, "batch": batch,
+                           "cores": default_threads(),
+                           "load_average_before": list(os.getloadavg()), "sizes": {}}
+    for size in sizes:
+        data = tile_data(scratch, size, samples, profile)
+        jobs = open_tiles(data).jobs
+        configs = [(p, w, "process" if w > 1 else "thread") for p in paths for w in workers]
+        if threads_too:
+            configs += [(p, w, "thread") for p in paths for w in workers if w > 1]
+        runs = {c: ReadRun(jobs, size, *c, batch=batch) for c in configs}
+        for run in runs.values():  # warm-up: page cache, worker start-up, first-file checks
+            run.read(max(len(jobs), 2 * batch * max(workers)))
+        rates: dict[tuple, list[float]] = {c: [] for c in configs}
+        for r in range(rounds):
+            order = configs if r % 2 == 0 else configs[::-1]  # alternate the order too
+            for c in order:
+                rates[c].append(runs[c].rate(min_time))
+            log(f"{size} px round {r + 1}/{rounds}: " + ", ".join(f"{_label(c)} {rates[c][-1]:.0f}" for c in configs))
+        stats = {c: runs[c].close() for c in configs}
+        rows = [{"path": c[0], "workers": c[1], "kind": c[2], "triples_per_s": round(statistics.median(rates[c]), 1),
+                 "rounds": [round(v, 1) for v in rates[c]], "files": stats[c]["files"],
+                 "declined": stats[c]["declined"], "signatures_checked": stats[c]["signatures_checked"]}
+                for c in configs]
+        out["sizes"][str(size)] = {"data": str(data), "tiles": len(jobs), "rows": rows, "ratios": _ratios(rows)}
+    out["load_average_after"] = list(os.getloadavg())
+    out["goals"] = read_goals(out)
+    return out
+
+
+def _label(c: tuple) -> str:
+    return f"{c[0]}/{c[1]}{'t' if c[2] == 'thread' else 'p'}"
+
+
+def _median_ratio(rows: list[dict], a: dict, b: dict) -> float:
+    """Median over rounds of a/b (both measured in the same round), a steadier figure than a ratio of medians."""
+    ra, rb = a["rounds"], b["rounds"]
+    return round(statistics.median(x / y for x, y in zip(ra, rb)), 2)
+
+
+def _ratios(rows: list[dict]) -> dict[str, float]:
+    by = {(r["path"], r["workers"], r["kind"]): r for r in rows}
+    out = {}
+    for (p, w, k), r in by.items():
+        if p == "fast" and ("rasterio", w, k) in by:
+            out[f"fast/rasterio {w} {k}"] = _median_ratio(rows, r, by[("rasterio", w, k)])
+        if w > 1 and (p, 1, "thread") in by:
+            out[f"{p} {w} {k}/1 worker"] = _median_ratio(rows, r, by[(p, 1, "thread")])
+    return out
+
+
+def read_goals(report: dict) -> list[dict]:
+    """Issue 15's reader goals, met or not, with the figures."""
+    goals = []
+    s256 = report["sizes"].get("256")
+    if s256:
+        v = s256["ratios"].get("fast/rasterio 1 thread")
+        goals.append({"goal": "256 px, one worker: fast >= 4x the rasterio read rate", "value": v,
+                      "met": v is not None and v >= GOAL_FAST_256})
+    for size, s in report["sizes"].items():
+        v = s["ratios"].get("fast 2 process/1 worker")
+        if v is not None:
+            goals.append({"goal": f"{size} px: 2 worker processes >= 1.7x one worker (fast path)", "value": v,
+                          "met": v >= GOAL_TWO_WORKERS})
+    return goals
+
+
+def format_read(report: dict) -> str:
+    """A Markdown table per size: triples/s per configuration (median, range) and the ratios."""
+    lines = [f"Reader only, tile triples/s (S2 + S1 + cloud mask, {report['profile']} layout), median of "
+             f"{report['rounds']} interleaved rounds of >= {report['min_time_s']} s; load average "
+             f"{report['load_average_before'][0]:.1f} before, {report['load_average_after'][0]:.1f} after on "
+             f"{report['cores']} cores.", ""]
+    for size, s in report["sizes"].items():
+        lines += [f"### {size} px ({s['tiles']} tiles round-robin)", "",
+                  "| path | workers | triples/s | range | files fast / rasterio |", "|---|---|---:|---|---|"]
+        for r in s["rows"]:
+            lo, hi = min(r["rounds"]), max(r["rounds"])
+            kind = r["kind"] + (("es" if r["kind"] == "process" else "s") if r["workers"] > 1 else "")
+            lines.append(f"| {r['path']} | {r['workers']} {kind} | "
+                         f"{r['triples_per_s']:.0f} | {lo:.0f}-{hi:.0f} | "
+                         f"{r['files'].get('fast', 0)} / {r['files'].get('rasterio', 0)} |")
+        lines += ["", "Ratios (median of per-round ratios): " + "; ".join(f"{k} = {v}" for k, v in s["ratios"].items()),
+                  ""]
+    lines += ["Goals:", ""] + [f"- {g['goal']}: {g['value']} -> {'MET' if g['met'] else 'NOT MET'}"
+                               for g in report["goals"]]
+    return "\n".join(lines) + "\n"
