@@ -38,11 +38,16 @@ def data() -> None:
                    "band-interleaved, DEFLATE / LZW / ZSTD / LZMA, predictor, BigTIFF and COG layouts of users' tiles.")
 @click.option("--compress", type=click.Choice(["none", "deflate", "lzw"]), default="none", show_default=True,
               help="GeoTIFF compression (none is fastest and what SEN12MS ships).")
+@click.option("--shift", type=click.Choice(["none", "season", "sensor", "season+sensor"]), default="none",
+              show_default=True,
+              help="Distribution shift between source and target besides the clouds: season (source scenes in "
+                   "spring/summer, target in fall/winter), sensor (per-band S2 gain/offset and an S1 dB offset on "
+                   "the target), or both. See docs/data.md.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run into OUT (files already written are kept).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing esccs data set in OUT.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def synth(out: Path, samples: int, size: int, cloud_levels, seed: int, classes: str, source_fraction: float,
-          patches_per_scene: int, layout: str, workers: int, tiff_profile: str, compress: str, resume: bool,
+          patches_per_scene: int, layout: str, workers: int, tiff_profile: str, compress: str, shift: str, resume: bool,
           overwrite: bool, quiet: bool) -> None:
     """Write a synthetic cloudy optical + SAR data set to OUT, in the real SEN12MS / SEN12MS-CR layouts.
 
@@ -59,7 +64,7 @@ def synth(out: Path, samples: int, size: int, cloud_levels, seed: int, classes: 
                       source_fraction=source_fraction, patches_per_scene=patches_per_scene, layout=layout,
                       workers=workers, compress=None if compress == "none" else compress, tiff_profile=tiff_profile,
                       resume=resume,
-                      overwrite=overwrite)
+                      overwrite=overwrite, shift=shift)
     report = synthesize(cfg, progress=not quiet)
     click.echo(f"wrote {len(report.records)} samples to {out} in {report.seconds:.1f} s "
                f"({report.samples_per_second:.1f} samples/s, {workers} workers, {size}x{size} px)")

@@ -41,6 +41,9 @@ _MARKER = ".esccs-synth-in-progress"
 #: Cloud presets drawn per target sample: heavier levels are mostly thick clouds (they wipe the optical cue).
 PRESET_WEIGHTS = {"light": {"thick": 0.4, "local": 0.25, "thin": 0.25, "fog": 0.1},
                   "heavy": {"thick": 0.7, "local": 0.0, "thin": 0.15, "fog": 0.15}}
+SHIFTS = ("none", "season", "sensor", "season+sensor")
+#: ``sensor`` shift: range of the target part's per-band S2 gain and offset (DN), and its S1 offset (dB, VV / VH)
+SENSOR_GAIN, SENSOR_OFFSET, SENSOR_SAR_DB = (0.88, 1.12), (-50.0, 50.0), (1.0, 1.5)
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,15 @@ class SynthConfig:
     tiff_profile: str = "sen12ms"  # GeoTIFF layout: esccs.io.raster.TIFF_PROFILES (docs/data.md, "Tile layout")
     resume: bool = False
     overwrite: bool = False
+    #: distribution shift between the source and target parts besides the clouds (docs/data.md): ``season``
+    #: (source scenes in spring / summer, target scenes in fall / winter), ``sensor`` (a per-band S2 gain and
+    #: offset and an S1 calibration offset on the target part), or both (``season+sensor``)
+    shift: str = "none"
 
     def __post_init__(self) -> None:
         scenes.scene_classes(self.classes)  # validates the preset
+        if self.shift not in SHIFTS:
+            raise EsccsError(f"--shift must be one of {', '.join(SHIFTS)}, got {self.shift!r}")
         if self.samples < 4:
             raise EsccsError(f"--samples must be at least 4 (two parts x two scenes), got {self.samples}")
         if not 16 <= self.size <= 1024:
@@ -118,6 +127,8 @@ def plan_dataset(cfg: SynthConfig) -> list[SamplePlan]:
     plans, index = [], 0
     for k in range(n_scenes):
         season = SEASONS[k % len(SEASONS)]
+        if "season" in cfg.shift:  # source in spring / summer, target in fall / winter
+            season = (SEASONS[:2] if part_of[k] == "source" else SEASONS[2:])[k % 2]
         scene = int(next(scene_ids[season]))
         prior = 0.5 / len(classes) + 0.5 * rng.dirichlet(np.ones(len(classes)))  # scenes are class-skewed
         epsg = 32600 + int(rng.integers(1, 61))
@@ -170,10 +181,22 @@ def make_arrays(plan: SamplePlan, cfg: SynthConfig) -> dict[str, np.ndarray | fl
     lc[0] = scenes.igbp_map(emap)  # LCCS bands 2-4 are not simulated (left 0)
     out: dict = {"s2": scenes.render_s2(emap, look, rng), "s1": scenes.render_s1(emap, look, rng, cfg.looks),
                  "lc": lc, "fractions": scenes.igbp_fractions(lc[0])}
+    if plan.part == "target" and "sensor" in cfg.shift:
+        out["s2"], out["s1"] = sensor_shift(out["s2"], out["s1"], cfg.seed)
     if plan.part == "target":
         res = cl.simulate_clouds(out["s2"], plan.level, rng, preset=plan.preset)
         out.update(s2_cloudy=res.image, cloud_mask=res.mask, coverage=res.coverage, preset=res.preset)
     return out
+
+
+def sensor_shift(s2: np.ndarray, s1: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``sensor`` shift: one per-band gain and offset of the S2 DN and one S1 offset (dB) per data set."""
+    rng = np.random.default_rng([seed, 7])
+    gain = rng.uniform(*SENSOR_GAIN, size=(len(s2), 1, 1)).astype(np.float32)
+    offset = rng.uniform(*SENSOR_OFFSET, size=(len(s2), 1, 1)).astype(np.float32)
+    s2 = np.clip(s2.astype(np.float32) * gain + offset, 1, 10000).astype(np.uint16)
+    s1 = (s1 + np.array(SENSOR_SAR_DB, np.float32)[:, None, None]).astype(np.float32)
+    return s2, s1
 
 
 def _files(plan: SamplePlan, cfg: SynthConfig) -> dict[str, Path]:
