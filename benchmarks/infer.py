@@ -79,20 +79,24 @@ def backend_only(model_path: Path, folder: Path, batch: int, threads: int | None
 
 
 def end_to_end(model_path: Path, folder: Path, batch: int, workers: int, threads: int | None,
-               out_dir: Path) -> dict[str, Any]:
-    """Run ``esccs infer`` in a subprocess over ``folder``; return its summary (tiles/s, peak RSS ...)."""
+               out_dir: Path, reader: str | None = None) -> dict[str, Any]:
+    """Run ``esccs infer`` in a subprocess over ``folder``; return its summary (tiles/s, peak RSS ...).
+
+    ``reader``: ``ESCCS_READER`` for the run (``rasterio`` forces the reference path); default: inherited.
+    """
     out = out_dir / f"{folder.name}.csv"
     cmd = [sys.executable, "-c", "from esccs.cli import main; main()", "infer", str(folder), "--model",
            str(model_path), "--out", str(out), "--batch-size", str(batch), "--workers", str(workers), "--overwrite",
            "--quiet"] + (["--threads", str(threads)] if threads else [])
     t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, **({"ESCCS_READER": reader} if reader else {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
     if proc.returncode not in (0, 3):
         raise RuntimeError(f"esccs infer failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
     summary = json.loads(out.with_name(out.stem + ".summary.json").read_text())
     summary["process_wall_s"] = round(wall, 2)
-    summary["command"] = " ".join(["esccs"] + cmd[3:])
+    summary["command"] = " ".join(([f"ESCCS_READER={reader}"] if reader else []) + ["esccs"] + cmd[3:])
     return summary
 
 
@@ -143,3 +147,76 @@ def random_model(data: Path, arch: str, width: int, scratch: Path) -> Path:
         ckpt = save_checkpoint(scratch / f"{name}.safetensors", model.eval())
         export_model(ckpt, "onnx", out=onnx)
     return onnx
+
+
+def _backend_rate(model, optical: np.ndarray, sar: np.ndarray, min_time: float) -> float:
+    """Tiles/s of ``model.predict`` on one preloaded batch: median batch time over at least ``min_time`` s."""
+    model.predict(optical, sar)
+    times: list[float] = []
+    t_end = time.perf_counter() + min_time
+    while time.perf_counter() < t_end or len(times) < 5:
+        t = time.perf_counter()
+        model.predict(optical, sar)
+        times.append(time.perf_counter() - t)
+    return len(optical) / statistics.median(times)
+
+
+def bench_parts(model_path: Path, data: Path, tiles: int = 4000, batch: int = 32, workers: tuple[int, ...] = (1,),
+                threads: int | None = None, rounds: int = 3, min_time: float = 2.0, scratch: Path | None = None,
+                log=print) -> dict[str, Any]:
+    """``esccs infer`` end to end against its two parts alone, side by side, in interleaved rounds.
+
+    Per round and reader-worker count: backend-only (``Model.predict`` on one preloaded batch, this process, the
+    run's thread setting), reader-only (the runtime reader with those workers, no backend: the read benchmark's
+    :class:`~esccs.benchmarks.read.ReadRun`), and ``esccs infer`` over ``tiles`` tiles in a fresh subprocess (its
+    processing loop: worker start-up included, model load excluded). Goal (issue 15): end to end >= 0.9x
+    min(reader-only, backend-only); each round's ratio uses that round's three figures, the median is reported.
+    """
+    from esccs.benchmarks.read import ReadRun
+
+    scratch = Path(scratch or Path("/tmp") / "esccs-bench-infer")
+    scratch.mkdir(parents=True, exist_ok=True)
+    folder = tile_folder(data, tiles, scratch)
+    model = load_model(model_path, threads=threads)
+    configure_gdal()
+    info, p = model.info, model.info.patch_size
+    jobs = open_tiles(folder).jobs
+    reader = TileReader(Bands(info.optical_bands, info.sar_bands, p))
+    opt = np.empty((batch, len(info.optical_bands), p, p), np.float32)
+    sar = np.empty((batch, len(info.sar_bands), p, p), np.float32)
+    for i, job in enumerate(jobs[:batch]):
+        reader.read(job, opt[i], sar[i])
+    runs = {w: ReadRun(jobs, p, "fast", w, "process", batch=batch) for w in workers}
+    for run in runs.values():  # warm-up: page cache, worker start-up, first-file checks
+        run.read(min(len(jobs), 20 * batch))
+    end_to_end(model_path, folder, batch, workers[0], threads, scratch)  # warm imports and page cache
+    rows: dict[int, dict[str, list]] = {w: {"backend": [], "reader": [], "e2e": [], "ratio": []} for w in workers}
+    last: dict[int, dict] = {}
+    for r in range(rounds):
+        for w in workers if r % 2 == 0 else workers[::-1]:
+            b = _backend_rate(model, opt, sar, min_time)
+            rd = runs[w].rate(min_time)
+            e = end_to_end(model_path, folder, batch, w, threads, scratch)
+            last[w] = e
+            row = rows[w]
+            row["backend"].append(round(b, 1))
+            row["reader"].append(round(rd, 1))
+            row["e2e"].append(e["tiles_per_second"])
+            row["ratio"].append(round(e["tiles_per_second"] / min(b, rd), 3))
+            log(f"{p} px, {w} reader worker(s), round {r + 1}/{rounds}: backend {b:.0f}, reader {rd:.0f}, "
+                f"esccs infer {e['tiles_per_second']:.0f} tiles/s -> {row['ratio'][-1]:.2f} x min")
+    stats = {w: run.close() for w, run in runs.items()}
+    out = {"model": str(model_path), "patch": p, "tiles": tiles, "folder": str(folder), "batch": batch,
+           "backend_settings": model.backend.settings, "cores": default_threads(), "rounds": rounds,
+           "min_time_s": min_time, "by_workers": {}}
+    model.close()
+    for w in workers:
+        row = rows[w]
+        med = {k: round(statistics.median(v), 3 if k == "ratio" else 1) for k, v in row.items()}
+        out["by_workers"][str(w)] = {
+            "backend_only_tiles_per_s": med["backend"], "reader_only_triples_per_s": med["reader"],
+            "end_to_end_tiles_per_s": med["e2e"], "e2e_over_min_parts": med["ratio"], "rounds": row,
+            "reader_files": stats[w]["files"], "e2e_command": last[w]["command"],
+            "e2e_waiting_for_reads_s": last[w]["waiting_for_reads_seconds"],
+            "e2e_backend_tiles_per_s_inside": last[w]["backend_tiles_per_second"]}
+    return out

@@ -30,7 +30,6 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
-from rasterio.windows import bounds as window_bounds
 
 from esccs.errors import BadTileError, ConfigError, CorruptRasterError, DataError, DTypeError, MissingPartnerError
 from esccs.io.bands import file_band_order
@@ -171,10 +170,6 @@ class TileReader:
             cache = self._local.handles = {}
         f = cache.get(path) if self.keep_open else None
         if f is None:
-            if not os.path.isfile(path):  # GDAL would call a directory "not a supported format"
-                if os.path.isdir(path):
-                    raise CorruptRasterError(path, "a directory, not a GeoTIFF file")
-                raise MissingPartnerError(path, "no such file")
             if self._fast:
                 try:
                     tiff = open_tiff(path)
@@ -183,8 +178,14 @@ class TileReader:
                     return _FastFile(self, tiff, info, crs)
                 except Unsupported as e:
                     self._count("rasterio", str(e))
+                except (FileNotFoundError, IsADirectoryError):
+                    pass  # named below, as on the rasterio path
             else:
                 self._count("rasterio")
+            if not os.path.isfile(path):  # GDAL would call a directory "not a supported format"
+                if os.path.isdir(path):
+                    raise CorruptRasterError(path, "a directory, not a GeoTIFF file")
+                raise MissingPartnerError(path, "no such file")
             f = _RasterioFile(path, self._rasterio_open(path))
             if self.keep_open:
                 cache[path] = f
@@ -276,7 +277,7 @@ class TileReader:
         return {"id": job.id, "optical": job.optical, "sar": job.sar, "cloud_mask": job.mask,
                 "window": [int(window.col_off), int(window.row_off), int(window.width), int(window.height)],
                 "cell": list(job.cell) if job.cell else None, "crs": o.crs_string(),
-                "bounds": [float(v) for v in window_bounds(window, infos[0].transform)], "coverage": coverage,
+                "bounds": window_bounds(window, infos[0].transform), "coverage": coverage,
                 "coverage_source": source, "cropped": cropped, **meta}
 
     def _window(self, job: Job, info: RasterInfo) -> tuple[Window, bool]:
@@ -321,6 +322,17 @@ class TileReader:
             return cloudy / mask.size, "mask"
         return estimate_coverage(optical, self.bands.optical), "estimated" if _can_estimate(self.bands.optical) \
             else "none"
+
+
+def window_bounds(window: Window, t) -> list[float]:
+    """``[left, bottom, right, top]`` of ``window`` under transform ``t``, as ``rasterio.windows.bounds`` gives them.
+
+    Same corners, same arithmetic, without its deprecation warning of ``Affine * tuple`` on every call.
+    """
+    c0, r0 = window.col_off, window.row_off
+    c1, r1 = c0 + window.width, r0 + window.height
+    return [float(c0 * t.a + r1 * t.b + t.c), float(c0 * t.d + r1 * t.e + t.f),
+            float(c1 * t.a + r0 * t.b + t.c), float(c1 * t.d + r0 * t.e + t.f)]
 
 
 def _can_estimate(bands: tuple[str, ...]) -> bool:

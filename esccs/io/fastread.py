@@ -26,11 +26,12 @@ A signature rasterio disagrees on goes to rasterio for good (logged once).
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import logging
 import lzma
 import math
 import os
+import stat
 import struct
 import threading
 import zlib
@@ -126,6 +127,8 @@ class Tiff:
         tiepoint, scale, matrix: GeoTIFF georeferencing tags (``None`` when absent).
         raster_type: GTRasterTypeGeoKey (1 area, 2 point).
         signature: the keys that decide how GDAL reads header and pixels, apart from per-tile values.
+        problem: why the block table cannot be read (checked once per layout), or ``None``.
+        contiguous: uncompressed strips back to back in file order (the pixels are read in place).
     """
 
     path: str
@@ -146,6 +149,8 @@ class Tiff:
     matrix: tuple[float, ...] | None
     raster_type: int
     signature: tuple
+    problem: str | None = None
+    contiguous: bool = False
 
     # ------------------------------------------------------------------------------------------------ header
     def transform(self) -> Affine:
@@ -193,42 +198,25 @@ class Tiff:
 
     def _planes(self) -> np.ndarray:
         """The whole image as ``(planes, H, W, samples per plane)`` in file dtype (a view when possible)."""
+        if self.problem:
+            raise Unsupported(self.problem)
         n_planes, sp = (self.count, 1) if self.planar == 2 else (1, self.count)
+        if self.contiguous:  # strips back to back in file order: the pixels are one array, no copy
+            arr = np.frombuffer(self.data, self.dtype, count=n_planes * self.height * self.width * sp,
+                                offset=int(self.offsets[0]))
+            return arr.reshape(n_planes, self.height, self.width, sp)
         bh, bw = self.block
-        across = math.ceil(self.width / bw)
-        down = math.ceil(self.height / bh)
-        per_plane = across * down
-        if len(self.offsets) != n_planes * per_plane or len(self.counts) != len(self.offsets):
-            raise Unsupported(f"{len(self.offsets)} strips/tiles for a {self.width}x{self.height} layout")
-        item = self.dtype.itemsize
-        ends = self.offsets + self.counts
-        if len(self.data) < int(ends.max()) or int(self.offsets.min()) <= 0 or int(self.counts.min()) <= 0:
-            raise Unsupported("pixel data past the end of the file, or sparse blocks")
-        if self.compression == 1 and not self.tiled and self.predictor == 1:
-            # strips back to back in file order: the pixels are one contiguous array (no copy)
-            size = self.height * self.width * sp * item
-            if np.all(self.offsets[1:] == ends[:-1]) and int(self.counts.sum()) >= n_planes * size \
-                    and self._plane_starts_are_strided(per_plane, size):
-                arr = np.frombuffer(self.data, self.dtype, count=n_planes * self.height * self.width * sp,
-                                    offset=int(self.offsets[0]))
-                return arr.reshape(n_planes, self.height, self.width, sp)
+        across, down = math.ceil(self.width / bw), math.ceil(self.height / bh)
         full = np.empty((n_planes, down * bh, across * bw, sp), self.dtype.newbyteorder("="))
         decode = CODECS.get(self.compression)
         for p in range(n_planes):
             for r in range(down):
                 seg_rows = bh if self.tiled else min(bh, self.height - r * bh)
                 for c in range(across):
-                    s = p * per_plane + r * across + c
+                    s = (p * down + r) * across + c
                     full[p, r * bh:r * bh + seg_rows, c * bw:(c + 1) * bw] = self._segment(s, seg_rows, bw, sp,
                                                                                          decode)
         return full[:, :self.height, :self.width]
-
-    def _plane_starts_are_strided(self, per_plane: int, size: int) -> bool:
-        """Band-interleaved contiguous strips: each band's strips start exactly ``size`` after the previous one."""
-        if self.planar != 2:
-            return True
-        starts = self.offsets[::per_plane]
-        return bool(np.all(np.diff(starts) == size))
 
     def _segment(self, s: int, rows: int, cols: int, sp: int, decode) -> np.ndarray:
         off, cnt = int(self.offsets[s]), int(self.counts[s])
@@ -269,15 +257,23 @@ def open_tiff(path: str | os.PathLike) -> Tiff:
     """Read ``path`` whole and parse its first image.
 
     Raises:
+        FileNotFoundError, IsADirectoryError: no file there, or a folder.
         Unsupported: not a TIFF, not complete, or a layout this reader does not take (the reason says which).
     """
     path = os.fspath(path)
-    try:
-        fd = os.open(path, os.O_RDONLY)
+    try:  # O_NONBLOCK: a FIFO in place of a tile must not hang the reader
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
     except OSError as e:
         raise Unsupported(f"cannot open ({e.strerror})") from None
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise Unsupported("not a regular file")
+        size = st.st_size
         if size > MAX_FILE_BYTES:
             raise Unsupported(f"{size} bytes: large files go through rasterio")
         data = os.read(fd, size)
@@ -319,8 +315,10 @@ def parse_tiff(path: str, data: bytes) -> Tiff:
     if known is not None:
         template, spans, same, tp_at = known
         if b"".join(data[a:b] for a, b in spans) == same:
-            tiepoint = struct.unpack_from(order + "6d", data, tp_at) if tp_at is not None else None
-            return dataclasses.replace(template, path=path, data=data, tiepoint=tiepoint)
+            tiff = copy.copy(template)
+            tiff.path, tiff.data = path, data
+            tiff.tiepoint = struct.unpack_from(order + "6d", data, tp_at) if tp_at is not None else None
+            return tiff
     tags, spans, tp_at = _read_ifd(data, order, ifd, big)
     tiff = _tiff_from_tags(path, data, order, tags)
     if len(_TEMPLATES) >= _MAX_TEMPLATES:
@@ -445,8 +443,28 @@ def _tiff_from_tags(path: str, data: bytes, order: str, tags: dict) -> Tiff:
     signature = (dtype.str, spp, planar, tiled, compression, predictor, photometric, tags.get(338), keys,
                  tags.get(34736), tags.get(34737, ""), tags.get(42112, ""), tags.get(42113), scale,
                  tiepoint is not None, matrix is not None)
-    return Tiff(path, data, dtype, width, height, spp, planar, tiled, block, offsets.astype(np.int64),
+    tiff = Tiff(path, data, dtype, width, height, spp, planar, tiled, block, offsets.astype(np.int64),
                 counts.astype(np.int64), compression, predictor, tiepoint, scale, matrix, raster_type, signature)
+    tiff.problem, tiff.contiguous = _check_blocks(tiff, len(data))
+    return tiff
+
+
+def _check_blocks(t: Tiff, size: int) -> tuple[str | None, bool]:
+    """Whether the strip / tile table fits the image and the file, and whether the pixels lie in one piece."""
+    n_planes, sp = (t.count, 1) if t.planar == 2 else (1, t.count)
+    bh, bw = t.block
+    per_plane = math.ceil(t.width / bw) * math.ceil(t.height / bh)
+    if len(t.offsets) != n_planes * per_plane or len(t.counts) != len(t.offsets):
+        return f"{len(t.offsets)} strips/tiles for a {t.width}x{t.height} layout", False
+    ends = t.offsets + t.counts
+    if size < int(ends.max()) or int(t.offsets.min()) <= 0 or int(t.counts.min()) <= 0:
+        return "pixel data past the end of the file, or sparse blocks", False
+    if t.compression != 1 or t.tiled or t.predictor != 1:
+        return None, False
+    plane = t.height * t.width * sp * t.dtype.itemsize
+    starts = t.offsets[::per_plane]
+    return None, bool(np.all(t.offsets[1:] == ends[:-1]) and int(t.counts.sum()) >= n_planes * plane
+                      and np.all(np.diff(starts) == plane))
 
 
 def _geokey(keys: tuple[int, ...], key: int, default: int) -> int:

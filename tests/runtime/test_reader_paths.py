@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from rasterio.transform import from_origin
+from rasterio.transform import Affine, from_origin
 from rt_helpers import CRS, ORIGIN, optical_dn, read_csv, sar_db, write_tif
 
 from esccs.cli import cli
@@ -14,7 +14,7 @@ from esccs.errors import ConfigError
 from esccs.io import fastread, raster
 from esccs.io.tiff_profiles import TIFF_PROFILES
 from esccs.runtime import Job, open_scene, open_tiles
-from esccs.runtime.reader import Bands, TileReader
+from esccs.runtime.reader import Bands, TileReader, window_bounds
 from esccs.spec import S1_BANDS, S2_BANDS
 
 P = 24
@@ -150,3 +150,18 @@ def test_infer_predictions_are_identical_on_both_paths(synth_root, onnx_path, tm
         rows[reader] = read_csv(out)
     assert len(rows["auto"]) == len(open_tiles(synth_root).jobs) == 20
     assert rows["auto"] == rows["rasterio"]  # every column: class, confidence, weights, coverage, footprint
+
+
+@pytest.mark.parametrize("t", [from_origin(*ORIGIN, 10.0, 10.0), Affine(10.0, 0.5, 500000.0, 0.25, -10.0, 4500000.0),
+                               Affine(0.0001, 0.0, 11.25, 0.0, -0.0001, 48.1)], ids=["utm", "rotated", "degrees"])
+def test_footprints_are_rasterios_window_bounds_exactly(t):
+    import warnings
+
+    from rasterio.windows import Window
+    from rasterio.windows import bounds as rio_bounds
+
+    for w in (Window(0, 0, 16, 16), Window(7, 3, 24, 24), Window(100, 250, 32, 32)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = [float(v) for v in rio_bounds(w, t)]
+        assert window_bounds(w, t) == want
