@@ -33,15 +33,60 @@ ABLATION_HELP = ("no-irm, irm-a, irm-b, no-filter, maxprob-filter, step2-filter,
 @click.option("--arch", default=None, help="Backbone family: resnet10, resnet18 (default), resnet34.")
 @click.option("--width", type=int, default=None, help="Channels of the first ResNet stage (64 standard; 16 on CPU).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def train(data: Path, out: Path, method: str, ablation: str, config_path: Path | None, epochs: int | None,
-          seed: int | None, seeds, device: str | None, arch: str | None, width: int | None, quiet: bool) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine (one per GPU with --device cuda): starts "
+                   "`python -m torch.distributed.run --standalone --nproc_per_node N -m esccs train ...`.")
+@click.pass_context
+def train(ctx: click.Context, data: Path, out: Path, method: str, ablation: str, config_path: Path | None,
+          epochs: int | None, seed: int | None, seeds, device: str | None, arch: str | None, width: int | None,
+          quiet: bool, nproc: int) -> None:
     """Train a method (every stage it needs) and evaluate it on the target test split.
 
     \b
     Stages: source (step 0) -> aux_optical, aux_sar (step 1, filtered pseudo-labels) -> target (step 2, IRM).
     Target labels are never used for training; they score the results (RUN/results/<method>.json).
     Interrupted? Run the same command again: finished stages are skipped, the current one resumes.
+
+    \b
+    Data-parallel (every stage, every method): `esccs train --nproc N ...` on one machine, or
+    `torchrun --nproc_per_node N [--nnodes M --rdzv-endpoint HOST:PORT] -m esccs train ...`; the config's
+    batch is the global batch, split across the processes.
     """
+    from esccs.train import distributed as ddp
+
+    if nproc > 1 and not ddp.launched():
+        raise SystemExit(ddp.launch(nproc, ["train", *_args_without(ctx, "nproc")]))
+    if not ddp.launched():
+        return _train(data, out, method, ablation, config_path, epochs, seed, seeds, device, arch, width, quiet)
+    try:
+        _train(data, out, method, ablation, config_path, epochs, seed, seeds, device, arch, width, quiet)
+    except Exception as e:  # under torchrun: the rank's error in one line (the launcher prints the first one)
+        line = ddp.error_line(e)
+        if ddp.record_error(line):
+            raise SystemExit(1) from None
+        raise click.ClickException(line) from None
+    finally:
+        ddp.shutdown()
+
+
+def _args_without(ctx: click.Context, skip: str) -> list[str]:
+    """The command's options as given (defaults left out), less ``skip``: what the ranks are started with."""
+    args: list[str] = []
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if p.name == skip or value is None or value is False or \
+                ctx.get_parameter_source(p.name) == click.core.ParameterSource.DEFAULT:
+            continue
+        if getattr(p, "is_flag", False):
+            args.append(p.opts[0])
+        else:
+            args += [p.opts[0], ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)]
+    return args
+
+
+def _train(data: Path, out: Path, method: str, ablation: str, config_path: Path | None, epochs: int | None,
+           seed: int | None, seeds, device: str | None, arch: str | None, width: int | None, quiet: bool) -> None:
+    from esccs.train import distributed as ddp
     from esccs.train.config import load_config
     from esccs.train.methods import resolve_methods
     from esccs.train.run import load_banks
@@ -56,10 +101,16 @@ def train(data: Path, out: Path, method: str, ablation: str, config_path: Path |
         cfg = load_config(config_path, {**overrides, "seed": s,
                                         "out": str(out / f"seed{s}") if seeds else str(out)})
         methods, ablations = resolve_methods(cfg.method, cfg.ablation)
+        ddp.init(cfg.device)  # under torchrun: join the process group (gloo on CPU, NCCL on CUDA)
+        quiet = quiet or not ddp.is_main()
         banks = banks or load_banks(cfg, progress=not quiet)
-        click.echo(f"== {', '.join(methods + [f'ablation:{a}' for a in ablations])} -> {cfg.out} (seed {cfg.seed})")
+        if ddp.is_main():
+            n = f", {ddp.world()} processes" if ddp.world() > 1 else ""
+            click.echo(f"== {', '.join(methods + [f'ablation:{a}' for a in ablations])} -> {cfg.out} "
+                       f"(seed {cfg.seed}{n})")
         run_train(cfg, methods, ablations, progress=not quiet, banks=banks)
-    click.echo(f"done: results in {out}; next: esccs eval {out} --table accuracy.md")
+    if ddp.is_main():
+        click.echo(f"done: results in {out}; next: esccs eval {out} --table accuracy.md")
 
 
 @click.command(name="eval")

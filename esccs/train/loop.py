@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch import nn
 
 from esccs.errors import DataError
 from esccs.io.atomic import atomic_path, write_json
+from esccs.train import distributed as ddp
 from esccs.train.config import LoopConfig
 
 StepFn = Callable[[nn.Module, dict], tuple[torch.Tensor, torch.Tensor | None, dict]]
@@ -57,7 +59,7 @@ def make_optimizer(model: nn.Module, cfg: LoopConfig) -> torch.optim.SGD:
 
 
 def random_erase(x: torch.Tensor, gen: torch.Generator, p: float, lo: torch.Tensor, hi: torch.Tensor,
-                 area: tuple[float, float] = (0.05, 1.0)) -> torch.Tensor:
+                 area: tuple[float, float] = (0.05, 1.0), part: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Erase one rectangle per sample with probability ``p``; fill each band with a value uniform in [lo, hi].
 
     Vectorised over the batch: area fraction uniform in ``area``, aspect ratio uniform in [0.3, 3.3], position
@@ -70,8 +72,12 @@ def random_erase(x: torch.Tensor, gen: torch.Generator, p: float, lo: torch.Tens
         lo: ``(C,)`` lower end of each band's valid range in normalised units.
         hi: ``(C,)`` upper end.
         area: range of the erased fraction of the image.
+        part: ``(start, stop, total)``: ``x`` holds rows ``start:stop`` of a global batch of ``total`` (one rank's
+            share); the draws are made for the whole batch, so each row gets what it gets in one process.
     """
     n, c, h, w = x.shape
+    if part is not None:
+        n = part[2]
     apply = torch.rand(n, generator=gen) < p
     a = torch.empty(n).uniform_(*area, generator=gen) * h * w
     r = torch.empty(n).uniform_(0.3, 3.3, generator=gen)
@@ -80,6 +86,8 @@ def random_erase(x: torch.Tensor, gen: torch.Generator, p: float, lo: torch.Tens
     y0 = (torch.rand(n, generator=gen) * (h - eh + 1)).long()
     x0 = (torch.rand(n, generator=gen) * (w - ew + 1)).long()
     fill = lo + (hi - lo) * torch.rand(n, c, generator=gen)
+    if part is not None:
+        apply, eh, ew, y0, x0, fill = (t[part[0]:part[1]] for t in (apply, eh, ew, y0, x0, fill))
     rows, cols = torch.arange(h), torch.arange(w)
     in_r = (rows[None] >= y0[:, None]) & (rows[None] < (y0 + eh)[:, None])  # (n, h)
     in_c = (cols[None] >= x0[:, None]) & (cols[None] < (x0 + ew)[:, None])  # (n, w)
@@ -87,10 +95,17 @@ def random_erase(x: torch.Tensor, gen: torch.Generator, p: float, lo: torch.Tens
     return torch.where(mask.to(x.device), fill.to(x.dtype).to(x.device)[:, :, None, None], x)
 
 
-def augment(batch: dict, gen: torch.Generator, keys=("optical", "sar", "clear")) -> dict:
-    """Random dihedral transform (rot90 x flip) per sample, the same for every image key of that sample."""
-    n = len(next(iter(batch.values())))
+def augment(batch: dict, gen: torch.Generator, keys=("optical", "sar", "clear"),
+            part: tuple[int, int, int] | None = None) -> dict:
+    """Random dihedral transform (rot90 x flip) per sample, the same for every image key of that sample.
+
+    ``part = (start, stop, total)``: the batch is rows ``start:stop`` of a global batch of ``total`` (one rank's
+    share); the codes are drawn for the whole batch and sliced.
+    """
+    n = len(next(iter(batch.values()))) if part is None else part[2]
     code = torch.randint(0, 8, (n,), generator=gen)
+    if part is not None:
+        code = code[part[0]:part[1]]
     out = dict(batch)
     for key in keys:
         if key not in batch or batch[key] is None:
@@ -124,9 +139,16 @@ class Trainer:
             raise DataError(out_dir, f"{name}: no training samples")
         self.steps = max(1, self.n // cfg.batch_size)
         self.opt = make_optimizer(model, cfg)
+        # data-parallel (torchrun): self.net is the DDP-wrapped model while fit() runs; each rank trains on its
+        # rows of every global batch (ddp.batch_part refuses a batch smaller than the number of ranks)
+        self.net, self.world, self.loss_weight = model, ddp.world(), None
+        if self.world > 1:
+            ddp.batch_part(min(cfg.batch_size, self.n))
 
     # -------------------------------------------------------------------------------------------- state on disk
     def _save_state(self, epoch: int) -> None:
+        if not ddp.is_main():
+            return
         from safetensors.torch import save_file
 
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
@@ -174,13 +196,20 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         start = self._load_state()
+        self.net = ddp.wrap(self.model, self.device)  # one process: the model itself
+        if self.net is not self.model:
+            self.model = self.net.module  # SyncBatchNorm (CUDA) replaced layers: the module DDP trains
+            if ddp.is_main():
+                print(f"  {self.name}: {ddp.describe(self.cfg.batch_size, self.model, self.device)}", flush=True)
         log_path = self.dir / "log.csv"
         new_log = not log_path.exists() or start == 0
-        with open(log_path, "w" if new_log else "a", newline="") as f:
+        main = ddp.is_main()  # only rank 0 writes the log and the state; the others wait at its barrier
+        with (open(log_path, "w" if new_log else "a", newline="") if main else open(os.devnull, "w")) as f:
             writer = csv.writer(f)
             if new_log:
                 writer.writerow(["epoch", "loss", "acc", "lr", "seconds", "samples_per_s", "val_loss", "val_acc"])
             for epoch in range(start, self.cfg.epochs):
+                ddp.fault_point(self.name, epoch)
                 row = self._epoch(epoch)
                 v = self._validate(epoch)
                 writer.writerow([epoch, f"{row['loss']:.5f}", f"{row['acc']:.4f}", f"{row['lr']:.5f}",
@@ -188,6 +217,9 @@ class Trainer:
                                  "" if v is None else f"{v['loss']:.5f}", "" if v is None else f"{v['acc']:.4f}"])
                 f.flush()
                 self._save_state(epoch)
+                ddp.barrier()
+        self.model = ddp.unwrap(self.net)
+        self.net = self.model
         if self.val is not None and (self.dir / "best.safetensors").exists():
             from safetensors.torch import load_file
 
@@ -213,8 +245,10 @@ class Trainer:
         n = len(next(iter(self.val.values())))
         loss_sum, correct = 0.0, 0
         has_target = "target" in self.val
-        for s in range(0, n, 256):
-            batch = {k: v[s:s + 256].to(self.device) if torch.is_tensor(v) else v for k, v in self.val.items()}
+        lo, hi = ddp.shard_range(n)  # this rank's block of the validation rows (all of them in one process)
+        for s in range(lo, hi, 256):
+            batch = {k: v[s:min(s + 256, hi)].to(self.device) if torch.is_tensor(v) else v
+                     for k, v in self.val.items()}
             amp = self.cfg.amp and self.device.type == "cuda"
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                 loss, logits, _ = self.step_fn(self.model, batch)
@@ -222,13 +256,17 @@ class Trainer:
             loss_sum += float(loss) * m
             if has_target and logits is not None:
                 correct += int((logits.argmax(1) == batch["target"]).sum())
+        if self.world > 1:
+            loss_sum, correct = ddp.all_sum([loss_sum, correct])
         v = {"loss": loss_sum / n, "acc": correct / n if has_target else 0.0}
         if (v["acc"], -v["loss"]) > (self.best["acc"], -self.best["loss"]):
             self.best = {"epoch": epoch, **v}
             from safetensors.torch import save_file
 
-            with atomic_path(self.dir / "best.safetensors") as tmp:
-                save_file({k: t.detach().cpu().contiguous() for k, t in self.model.state_dict().items()}, str(tmp))
+            if ddp.is_main():  # the barrier after the epoch's state orders it before any read
+                with atomic_path(self.dir / "best.safetensors") as tmp:
+                    save_file({k: t.detach().cpu().contiguous() for k, t in self.model.state_dict().items()},
+                              str(tmp))
         return v
 
     def _epoch(self, epoch: int) -> dict:
@@ -240,15 +278,21 @@ class Trainer:
         from tqdm.auto import tqdm
 
         bar = tqdm(range(self.steps), desc=f"{self.name} {epoch + 1}/{self.cfg.epochs}", leave=False,
-                   disable=None if self.progress else True, unit="batch")  # None: off when piped
+                   disable=None if self.progress and ddp.is_main() else True, unit="batch")  # None: off when piped
+        part = None
         for s in bar:
             idx = order[s * self.cfg.batch_size:(s + 1) * self.cfg.batch_size]
+            if self.world > 1:  # this rank's slice of the global batch; augmentation drawn for all of it
+                a, b = ddp.batch_part(len(idx))
+                part, share = (a, b, len(idx)), (b - a) * self.world / len(idx)
+                self.loss_weight = None if share == 1.0 else share
+                idx = idx[a:b]
             batch = {k: v[idx] for k, v in self.data.items()}
             if self.cfg.augment:
-                batch = augment(batch, gen)
+                batch = augment(batch, gen, part=part)
             if self.cfg.erase_p > 0 and self.erase_range is not None and "optical" in batch:
                 batch["optical"] = random_erase(batch["optical"], gen, self.cfg.erase_p, *self.erase_range,
-                                                area=(0.05, self.cfg.erase_max))
+                                                area=(0.05, self.cfg.erase_max), part=part)
             lr = self._set_lr(epoch, s)
             loss, logits, _ = self._step(batch)
             tot["loss"] += float(loss) * len(idx)
@@ -257,6 +301,9 @@ class Trainer:
                 tot["correct"] += int((logits.argmax(1).cpu() == batch["target"]).sum())
             bar.set_postfix(loss=f"{tot['loss'] / tot['seen']:.3f}", acc=f"{tot['correct'] / tot['seen']:.3f}")
         dt = time.perf_counter() - t0
+        if self.world > 1:  # the epoch's figures over every rank's rows
+            tot["loss"], tot["correct"], tot["seen"] = ddp.all_sum([tot["loss"], tot["correct"], tot["seen"]])
+            tot["correct"], tot["seen"] = int(tot["correct"]), int(tot["seen"])
         return {"loss": tot["loss"] / tot["seen"], "acc": tot["correct"] / tot["seen"], "lr": lr, "seconds": dt,
                 "samples_per_s": tot["seen"] / dt}
 
@@ -273,9 +320,10 @@ class Trainer:
                          else v) for k, v in batch.items()}
         amp = self.cfg.amp and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, logits, extras = self.step_fn(self.model, batch)
+            loss, logits, extras = self.step_fn(self.net, batch)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP averages the ranks' gradients; an uneven share of the global batch weighs as many rows as it holds
+        (loss if self.loss_weight is None else loss * self.loss_weight).backward()
         if self.cfg.clip_grad:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
         self.opt.step()

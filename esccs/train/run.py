@@ -14,6 +14,7 @@ from pathlib import Path
 
 from esccs.errors import ConfigError
 from esccs.io.atomic import write_json
+from esccs.train import distributed as ddp
 from esccs.train import stages as st
 from esccs.train.bank import Bank, holdout, load_bank
 from esccs.train.config import TrainConfig, save_config
@@ -62,7 +63,7 @@ def train(cfg: TrainConfig, methods: list[str], ablations: list[str] = (), progr
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     cfg = dataclasses.replace(cfg, method=",".join(methods), ablation=",".join(ablations))
-    save_config(cfg, run / "config.yaml")
+    ddp.on_main(save_config, cfg, run / "config.yaml")  # under torchrun rank 0 writes every file, then a barrier
     src, tgt, test = banks or load_banks(cfg, progress)
     fit, held = split_target_train(cfg, tgt)
     ctx = Context(cfg, run, src, fit, progress, tval=held)
@@ -83,10 +84,11 @@ def train(cfg: TrainConfig, methods: list[str], ablations: list[str] = (), progr
                    checkpoint=str(pred.checkpoint) if pred.checkpoint else None, info=pred.info,
                    ids=list(test.ids), labels=test.labels.tolist(),
                    pred=out["logits"].argmax(1).tolist(), stages=stage_summaries(run))
-        write_json(run / "results" / f"{name.replace(':', '_')}.json", res)
+        ddp.on_main(write_json, run / "results" / f"{name.replace(':', '_')}.json", res)
         results[name] = res
-        print(summary_line(name + (" [oracle]" if pred.oracle else ""), res), flush=True)
-    _write_step1(ctx, run)
+        if ddp.is_main():
+            print(summary_line(name + (" [oracle]" if pred.oracle else ""), res), flush=True)
+    ddp.on_main(_write_step1, ctx, run)
     return results
 
 

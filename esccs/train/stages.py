@@ -24,6 +24,7 @@ from esccs.models import ModelConfig, create_model_from_config, load_checkpoint,
 from esccs.ops import irm_kd, kd_rows, unimodal_kd
 from esccs.ops.irm_kd import irm_weights_reference
 from esccs.spec import S1_BANDS
+from esccs.train import distributed as ddp
 from esccs.train.bank import Bank
 from esccs.train.config import LoopConfig, Step1Config, Step2Config, TrainConfig
 from esccs.train.filters import FilterConfig, select
@@ -68,9 +69,10 @@ def run_stage(run: Path, stage: str, mcfg: ModelConfig, data: dict, step, loop: 
     model = trainer.fit()
     summary = trainer.summary()
     sel = f", val acc {summary['val_acc']:.3f}" if summary["val_acc"] is not None else ""
-    print(f"  {stage}: {summary['steps']} steps, selected epoch {summary['selected_epoch'] + 1}/{summary['epochs']} "
-          f"({summary['select']}{sel})", flush=True)
-    save_checkpoint(ckpt, model.cpu(), mcfg, extra={"stage": stage, **summary, **(extra or {})})
+    if ddp.is_main():
+        print(f"  {stage}: {summary['steps']} steps, selected epoch {summary['selected_epoch'] + 1}/"
+              f"{summary['epochs']} ({summary['select']}{sel})", flush=True)
+    ddp.on_main(save_checkpoint, ckpt, model.cpu(), mcfg, extra={"stage": stage, **summary, **(extra or {})})
     return model.to(loop.device).eval()
 
 
@@ -79,8 +81,13 @@ def predict(model: nn.Module, *inputs: torch.Tensor, batch: int = 256, device: s
     """Run a classifier (one input) or a dual model (two inputs) in eval mode; returns CPU tensors.
 
     Returns ``{"logits": (N, K)}`` and, for a dual model, ``logits_o``, ``logits_s``, ``w_o``, ``w_s``.
+    Under torchrun every rank runs its block of the rows and gets all of them back, in order
+    (:func:`esccs.train.distributed.shard_range`, :func:`~esccs.train.distributed.gather_rows`).
     """
     model.eval().to(device)
+    lo, hi = ddp.shard_range(len(inputs[0]))
+    if ddp.active():
+        inputs = tuple(x[lo:hi] for x in inputs)
     outs: dict[str, list] = {}
     for s in range(0, max(len(inputs[0]), 1), batch):  # an empty input still gives (0, K) outputs
         xs = [x[s:s + batch].to(device) for x in inputs]
@@ -88,7 +95,7 @@ def predict(model: nn.Module, *inputs: torch.Tensor, batch: int = 256, device: s
         y = y if isinstance(y, dict) else {"logits": y}
         for k, v in y.items():
             outs.setdefault(k, []).append(v.float().cpu())
-    return {k: torch.cat(v) for k, v in outs.items()}
+    return ddp.gather_rows({k: torch.cat(v) for k, v in outs.items()})
 
 
 # ---------------------------------------------------------------------------------------------------------- step 0

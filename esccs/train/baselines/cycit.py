@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from esccs.models import create_model_from_config, load_checkpoint, save_checkpoint
+from esccs.train import distributed as ddp
 from esccs.train import stages as st
 from esccs.train.baselines.unet import UNet, train_or_load
 from esccs.train.loop import Trainer
@@ -224,8 +225,8 @@ def train_classifier(ctx: Context, translator: nn.Module) -> nn.Module:
                           val=val)
     trainer.fit()
     adapt_bn(clf, ctx.tgt.sar, device=ctx.device)
-    save_checkpoint(ckpt, clf.cpu(), mcfg, extra={"stage": "cycit/classifier", **trainer.summary(),
-                                                  "baseline": "cycit", "bn": "adabn-target"})
+    ddp.on_main(save_checkpoint, ckpt, clf.cpu(), mcfg, extra={"stage": "cycit/classifier", **trainer.summary(),
+                                                               "baseline": "cycit", "bn": "adabn-target"})
     return clf.to(loop.device).eval()
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from esccs.errors import DataError
 from esccs.io.atomic import atomic_path, write_json
+from esccs.train import distributed as ddp
 from esccs.train.config import LoopConfig
 from esccs.train.loop import Trainer
 
@@ -165,5 +166,5 @@ def train_or_load(folder: Path, build: Callable[[], nn.Module], data: dict, step
     if is_saved(folder):
         return load_net(folder, net, config).to(loop.device).eval()
     net = trainer(net, data, step, loop, folder, folder.parent.name + "/" + folder.name, progress, **kw).fit()
-    save_net(folder, net.cpu(), config)
+    ddp.on_main(save_net, folder, net.cpu(), config)  # torchrun: rank 0 writes, the others wait
     return net.to(loop.device).eval()
