@@ -30,6 +30,7 @@ import math
 import os
 import re
 import socket
+import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -83,7 +84,8 @@ class RayOptions:
         device: ``auto``, ``cpu`` or ``cuda`` (as ``esccs infer --device``).
         backend: ``auto`` or a backend name (as ``esccs infer --backend``).
         connect_timeout_s: seconds to wait for the cluster's address to answer.
-        max_tasks_in_flight_per_actor: shards queued per actor (2: the next one's input arrives during the current).
+        max_tasks_in_flight_per_actor: shards sent to an actor at once (3: two run, overlapping one's reads with the
+            other's backend calls, and the next one's input is already there).
     """
 
     address: str | None = None
@@ -95,7 +97,7 @@ class RayOptions:
     device: str = "auto"
     backend: str = "auto"
     connect_timeout_s: float = 5.0
-    max_tasks_in_flight_per_actor: int = 2
+    max_tasks_in_flight_per_actor: int = 3
 
 
 # ----------------------------------------------------------------------------------------------------- shard files
@@ -223,6 +225,32 @@ class _Collected:
         self.rows.extend(rows)
 
 
+class _OneAtATime:
+    """The model as ``run_jobs`` sees it, its backend calls taken one at a time across the actor's shard calls.
+
+    Two shard calls run in an actor at once (``max_concurrent_calls_per_actor=2``), so the next shard's first reads
+    overlap the current one's last backend calls instead of waiting for them; the backend itself (one onnxruntime
+    session, TensorRT context or torch module) is never called concurrently. Time spent waiting for the other call's
+    backend is counted per thread, so a shard's backend seconds are its own.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.model, self.info = model, model.info
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def predict(self, optical: np.ndarray, sar: np.ndarray) -> dict[str, np.ndarray]:
+        t = time.perf_counter()
+        with self._lock:
+            self._local.waited = getattr(self._local, "waited", 0.0) + time.perf_counter() - t
+            return self.model.predict(optical, sar)
+
+    def waited(self) -> float:
+        """Seconds this thread has waited for the other call's backend, then reset."""
+        w, self._local.waited = getattr(self._local, "waited", 0.0), 0.0
+        return w
+
+
 class ShardWorker:
     """A Ray Data actor: loads the model once, then classifies whole shards with the local engine's loop.
 
@@ -246,7 +274,8 @@ class ShardWorker:
         os.environ.update(env)
         configure_gdal()
         self.model = load_model(model_path, backend=backend, device=device, threads=threads)
-        self.reader = make_reader(self.model, kind)
+        self.serial = _OneAtATime(self.model)
+        self.kind = kind
         self.shard_dir = Path(shard_dir)
         self.opts = InferOptions(batch_size=batch_size, readers=readers, queue_depth=queue_depth, progress=False)
         ctx = ray.get_runtime_context()
@@ -263,11 +292,14 @@ class ShardWorker:
             jobs = [_job_from(v) for v in json.loads(str(payload))]
             sink, stats = _Collected(), RunStats()
             t0 = time.time()
-            run_jobs(jobs, self.reader, self.model, sink, self.opts, stats)
+            self.serial.waited()
+            # a reader per call: scene mode's reader closes the handles it kept when its loop ends
+            run_jobs(jobs, make_reader(self.model, self.kind), self.serial, sink, self.opts, stats)
             write_shard(self.shard_dir / str(name), sink.rows)
             figures.append({"shard": str(name), "tiles": len(sink.rows), "ok": stats.tiles_ok,
                             "failed": stats.tiles_failed, "read_wait_s": stats.read_wait_s,
-                            "backend_s": stats.backend_s, "t_start": t0, "t_end": time.time(), "ready": self.ready,
+                            "backend_s": max(0.0, stats.backend_s - self.serial.waited()),
+                            "t_start": t0, "t_end": time.time(), "ready": self.ready,
                             "rss_mb": peak_rss_mb(), "settings": self.settings, **self.ident})
         return {k: np.asarray([f[k] for f in figures]) for k in figures[0]} if figures else {}
 
@@ -484,7 +516,8 @@ def _execute(ray, shards, model: Model, source: Source, folder: Path, opts: Infe
         ShardWorker, batch_size=1, batch_format="numpy", num_cpus=ro.cpus_per_actor,
         num_gpus=ro.gpus_per_actor or None,
         compute=ray.data.ActorPoolStrategy(size=n_actors,
-                                           max_tasks_in_flight_per_actor=ro.max_tasks_in_flight_per_actor),
+                                           max_tasks_in_flight_per_actor=ro.max_tasks_in_flight_per_actor,
+                                           max_concurrent_calls_per_actor=2, enable_true_multi_threading=True),
         fn_constructor_kwargs={"model_path": str(Path(model.info.path).resolve()), "backend": ro.backend,
                                "device": ro.device, "threads": threads, "kind": source.kind,
                                "shard_dir": str(folder.resolve()), "batch_size": opts.batch_size,
@@ -542,24 +575,24 @@ def _timing(figures: dict[str, dict], t0: float, wall: float) -> dict[str, Any]:
 
 
 def _per_actor(figures: dict[str, dict]) -> list[dict[str, Any]]:
-    """Tiles, busy seconds, tiles/s (while busy), time waiting for reads and restarts (pids) of every actor."""
+    """Tiles, busy seconds (shard calls overlap: their union), tiles/s while busy, time waiting for reads, restarts."""
     by: dict[str, dict] = defaultdict(lambda: {"shards": 0, "tiles": 0, "failed": 0, "busy_seconds": 0.0,
                                                "waiting_for_reads_seconds": 0.0, "backend_seconds": 0.0,
-                                               "pids": set(), "peak_rss_mb": 0.0})
+                                               "pids": set(), "peak_rss_mb": 0.0, "spans": []})
     for f in figures.values():
         a = by[f["actor"]]
         a["node"], a["host"] = f["node"], f["host"]
         a["shards"] += 1
         a["tiles"] += f["tiles"]
         a["failed"] += f["failed"]
-        a["busy_seconds"] += f["t_end"] - f["t_start"]
+        a["spans"].append((f["t_start"], f["t_end"]))
         a["waiting_for_reads_seconds"] += f["read_wait_s"]
         a["backend_seconds"] += f["backend_s"]
         a["pids"].add(f["pid"])
         a["peak_rss_mb"] = max(a["peak_rss_mb"], f["rss_mb"])
     out = []
     for actor, a in sorted(by.items(), key=lambda kv: kv[0]):
-        busy = a["busy_seconds"]
+        busy = _union_seconds(a["spans"])
         out.append({"actor": actor, "node": a["node"], "host": a["host"], "shards": a["shards"], "tiles": a["tiles"],
                     "failed": a["failed"], "busy_seconds": round(busy, 3),
                     "tiles_per_second": round(a["tiles"] / busy, 2) if busy > 0 else None,
@@ -567,3 +600,13 @@ def _per_actor(figures: dict[str, dict]) -> list[dict[str, Any]]:
                     "backend_seconds": round(a["backend_seconds"], 3), "pids": sorted(a["pids"]),
                     "restarts": len(a["pids"]) - 1, "peak_rss_mb": a["peak_rss_mb"]})
     return out
+
+
+def _union_seconds(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
