@@ -30,8 +30,9 @@ from esccs.runtime.workers import make_pool
 from esccs.spec import S1_BANDS, S2_BANDS
 
 PATHS = {"rasterio": "rasterio", "fast": "auto"}  # benchmark name -> TileReader engine
-#: issue 15 goals, reader-only: fast >= 4x rasterio at 256 px on one worker; 2 workers >= 1.7x one worker
-GOAL_FAST_256, GOAL_TWO_WORKERS = 4.0, 1.7
+#: issue 15 goals, reader-only: fast >= 4x rasterio at 256 px on one worker; 2 workers >= 1.7x one worker;
+#: esccs infer end to end >= 0.9x min(reader-only, backend-only) at 32 and 128 px
+GOAL_FAST_256, GOAL_TWO_WORKERS, GOAL_E2E = 4.0, 1.7, 0.9
 
 
 def tile_data(scratch: Path, size: int, samples: int, profile: str = "sen12ms") -> Path:
@@ -200,4 +201,35 @@ def format_read(report: dict) -> str:
                   ""]
     lines += ["Goals:", ""] + [f"- {g['goal']}: {g['value']} -> {'MET' if g['met'] else 'NOT MET'}"
                                for g in report["goals"]]
+    return "\n".join(lines) + "\n"
+
+
+def e2e_goals(report: dict) -> list[dict]:
+    """The end-to-end goal per size and reader-worker count (from ``report["end_to_end"]``)."""
+    goals = []
+    for size, e in report.get("end_to_end", {}).items():
+        for w, row in e["by_workers"].items():
+            v = row["e2e_over_min_parts"]
+            goals.append({"goal": f"{size} px, {w} reader worker(s): esccs infer >= 0.9x min(reader-only, "
+                                  "backend-only)", "value": v, "met": v >= GOAL_E2E})
+    return goals
+
+
+def format_e2e(report: dict) -> str:
+    """Markdown: end to end vs its parts per size and worker count (medians of the rounds)."""
+    if not report.get("end_to_end"):
+        return ""
+    lines = ["", "## esccs infer end to end vs reader-only vs backend-only", "",
+             "| size | model | reader workers | backend-only tiles/s | reader-only triples/s | esccs infer tiles/s | "
+             "e2e / min | per-round ratios |", "|---|---|---|---:|---:|---:|---:|---|"]
+    for size, e in report["end_to_end"].items():
+        for w, row in e["by_workers"].items():
+            lines.append(f"| {size} px | {Path(e['model']).stem} | {w} | {row['backend_only_tiles_per_s']:.0f} | "
+                         f"{row['reader_only_triples_per_s']:.0f} | {row['end_to_end_tiles_per_s']:.0f} | "
+                         f"{row['e2e_over_min_parts']:.2f} | {', '.join(map(str, row['rounds']['ratio']))} |")
+    lines += ["", "End to end: `esccs infer` in a fresh process over "
+              f"{next(iter(report['end_to_end'].values()))['tiles']} tiles (tiles/s of its processing loop; worker "
+              "start-up included, model load excluded). Commands: " + "; ".join(
+                  f"`{row['e2e_command']}`" for e in report["end_to_end"].values()
+                  for row in e["by_workers"].values()), ""]
     return "\n".join(lines) + "\n"

@@ -275,24 +275,51 @@ def infer_speed(data: Path, model_path: Path | None, arch: str, width: int, coun
               help="GeoTIFF layout of the tiles (esccs data synth --tiff-profile).")
 @click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the synthetic tiles (default /tmp/esccs-bench-read).")
+@click.option("--e2e-sizes", default="32,128", show_default=True, callback=_e2e_sizes,
+              help="Sizes with `esccs infer` end to end vs reader-only vs backend-only (a list, all or none).")
+@click.option("--e2e-tiles", default=4000, show_default=True, help="Tiles of each end-to-end run (hard links).")
+@click.option("--e2e-workers", default="1,2", show_default=True, callback=_ints, help="Reader workers of those runs.")
+@click.option("--e2e-rounds", default=3, show_default=True, help="Interleaved rounds of the end-to-end comparison.")
+@click.option("--arch", default="dual_resnet10", show_default=True, help="Random-weight model of the e2e runs.")
+@click.option("--width", default=16, show_default=True, help="Channels of its first stage (16: the demo model's).")
+@click.option("--threads", type=int, default=None, help="Backend CPU threads (default: all cores).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write figures as JSON, and a Markdown table beside it (.md).")
 def read_speed(sizes: tuple[int, ...], paths: tuple[str, ...], workers: tuple[int, ...], threads_too: bool,
                rounds: int, min_time: float, samples: int, profile: str, scratch: Path | None,
-               out: Path | None) -> None:
-    """Reader-only tile triples/s: rasterio path vs fast path, 1 and 2 workers, side by side in one run.
+               e2e_sizes: tuple[int, ...] | None, e2e_tiles: int, e2e_workers: tuple[int, ...], e2e_rounds: int,
+               arch: str, width: int, threads: int | None, out: Path | None) -> None:
+    """Reader-only triples/s (rasterio vs fast path, 1 and 2 workers) and `esccs infer` end to end vs its parts.
 
-    Goals (issue 15): 256 px, one worker, fast >= 4x rasterio; 2 workers >= 1.7x one worker.
+    Reader-only: both read paths and worker counts side by side in interleaved rounds. End to end: `esccs infer`
+    against reader-only and backend-only on the same tiles (a random-weight --arch model at each --e2e-sizes).
+
+    Goals (issue 15): 256 px, one worker, fast >= 4x rasterio; 2 workers >= 1.7x one worker; end to end >= 0.9x
+    min(reader-only, backend-only) at 32 and 128 px.
     """
     import shlex
     import sys
 
-    from esccs.benchmarks.read import bench_read, format_read
+    from esccs.benchmarks.read import bench_read, e2e_goals, format_e2e, format_read
 
-    r = bench_read(sizes, paths, workers, threads_too, rounds, min_time, samples, profile, scratch,
-                   log=lambda m: click.echo(m, err=True))
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    r = bench_read(sizes, paths, workers, threads_too, rounds, min_time, samples, profile, scratch, log=log)
+    if e2e_sizes is None:
+        e2e_sizes = sizes
+    if e2e_sizes:
+        from esccs.benchmarks.infer import bench_parts, random_model
+        from esccs.benchmarks.read import tile_data
+
+        scratch = Path(scratch or "/tmp/esccs-bench-read")
+        r["end_to_end"] = {}
+        for size in e2e_sizes:
+            data = tile_data(scratch, size, samples, profile)
+            model = random_model(data, arch, width, scratch)
+            r["end_to_end"][str(size)] = bench_parts(model, data, e2e_tiles, workers=e2e_workers, threads=threads,
+                                                     rounds=e2e_rounds, min_time=min_time, scratch=scratch, log=log)
+        r["goals"] += e2e_goals(r)
     r["command"] = shlex.join(["esccs", *sys.argv[1:]]) if sys.argv[1:2] == ["benchmark"] else ""
-    table = format_read(r)
+    table = format_read(r) + format_e2e(r)
     click.echo(table)
     if out:
         from esccs.io.atomic import write_json, write_text
