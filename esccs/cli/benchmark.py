@@ -212,11 +212,34 @@ def ops(device: str | None, batch_sizes: tuple[int, ...], classes: int, feat_dim
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Also report the samples/s each stage of this run folder achieved (from its log.csv files).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write figures as JSON.")
+@click.option("--nproc", "nprocs", default=None, callback=_optional(_ints),
+              help="Instead: data-parallel scaling of the training loop with these torchrun process counts, e.g. "
+                   "1,2 (CPU, gloo, one thread each; --batch is the global batch; --out also writes a .md).")
+@click.option("--samples", default=512, show_default=True, help="With --nproc: training samples per epoch.")
+@click.option("--epochs", default=3, show_default=True, help="With --nproc: epochs per run (the first left out).")
 def train_speed(arch: str, width: int, size: int, batch: int, device: str | None, rounds: int, min_time: float,
-                run_dir: Path | None, out: Path | None) -> None:
-    """Samples/s per training step kind, and step 2 (IRM + KD) against a plain dual step (goal <= 1.15x)."""
+                run_dir: Path | None, out: Path | None, nprocs: tuple[int, ...] | None, samples: int,
+                epochs: int) -> None:
+    """Samples/s per training step kind, and step 2 (IRM + KD) against a plain dual step (goal <= 1.15x).
+
+    With --nproc 1,2: samples/s of `torchrun --nproc_per_node N` training and the scaling efficiency instead.
+    """
     from esccs.benchmarks.train import bench_train, format_train, stage_speeds
 
+    if nprocs:
+        from esccs.benchmarks.train import bench_ddp, format_ddp
+        from esccs.io.atomic import atomic_path, write_json
+
+        r = bench_ddp(nprocs, arch, width, size, batch, samples, epochs, rounds)
+        r["command"] = (f"esccs benchmark train --nproc {','.join(map(str, nprocs))} --arch {arch} --width {width} "
+                        f"--size {size} --batch {batch} --samples {samples} --epochs {epochs} --rounds {rounds}")
+        click.echo(format_ddp(r))
+        if out:
+            write_json(out, r)
+            with atomic_path(out.with_suffix(".md")) as tmp:
+                tmp.write_text(format_ddp(r) + "\n")
+            click.echo(f"wrote {out} and {out.with_suffix('.md')}")
+        return
     r = bench_train(arch, width, size, batch, device, rounds, min_time)
     stages = stage_speeds(run_dir) if run_dir else None
     click.echo(format_train(r, stages))

@@ -107,9 +107,15 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float | None = None, wind
 
 @torch.no_grad()
 def apply_net(net: nn.Module, x: torch.Tensor, batch: int = 256, device: str = "cpu") -> torch.Tensor:
-    """Run an image-to-image net in eval mode over ``x`` in batches; returns a CPU tensor."""
+    """Run an image-to-image net in eval mode over ``x`` in batches; returns a CPU tensor.
+
+    Under torchrun each rank runs its block of the rows and all get every row back, in order.
+    """
     net.eval().to(device)
-    return torch.cat([net(x[s:s + batch].to(device)).float().cpu() for s in range(0, len(x), batch)])
+    lo, hi = ddp.shard_range(len(x))
+    x = x[lo:hi] if ddp.active() else x
+    y = torch.cat([net(x[s:s + batch].to(device)).float().cpu() for s in range(0, max(len(x), 1), batch)])
+    return ddp.gather_rows({"y": y})["y"]
 
 
 def is_saved(folder: Path) -> bool:
