@@ -82,11 +82,11 @@ class Context:
         return st.pseudo_label(None, getattr(self, bank), step1 or self.cfg.step1, self.device,
                                logits=self.source_logits(bank))
 
-    def source_clouds(self, step1: Step1Config, stage: str) -> dict | None:
+    def source_clouds(self, step1: Step1Config, stage: str, split: str = "train") -> dict | None:
         """f_O's extra rows from labelled source images under simulated clouds (``step1.source_clouds``)."""
         if not step1.source_clouds or self.checkpoint(stage).exists():
             return None
-        return st.source_cloud_data(self.src, self.source(), step1, self.cfg.seed, self.device)
+        return st.source_cloud_data(self.src, self.source(), step1, self.cfg.seed, self.device, split) or None
 
     def step1(self, step1: Step1Config | None = None, suffix: str = "") -> dict:
         """Pseudo-labels and both auxiliaries for a step-1 config (cached per stage suffix); filter report later.
@@ -98,13 +98,19 @@ class Context:
         if key not in self.cache:
             pl, vpl = self.pseudo(s1, "tgt"), self.pseudo(s1, "tval")
             cfg = dataclasses.replace(self.cfg, step1=s1)
+            aux_o = st.train_aux(cfg, self.tgt, pl, self.run, "optical", self.progress, f"aux_optical{suffix}",
+                                 source=self.source(), val=(self.tval, vpl),
+                                 extra_rows=self.source_clouds(s1, f"aux_optical{suffix}"),
+                                 extra_val=self.source_clouds(s1, f"aux_optical{suffix}", "val"))
+            spl, svpl = pl, vpl
+            if s1.sar_teacher == "optical":  # [ours] f_O, not f_S, labels the visible patches for f_R
+                spl, svpl = (st.pseudo_label(None, b, s1, self.device,
+                                             logits=st.predict(aux_o, b.optical, device=self.device)["logits"])
+                             for b in (self.tgt, self.tval))
             self.cache[key] = {
-                "pl": pl, "step1": s1,
-                "aux_o": st.train_aux(cfg, self.tgt, pl, self.run, "optical", self.progress, f"aux_optical{suffix}",
-                                      source=self.source(), val=(self.tval, vpl),
-                                      extra_rows=self.source_clouds(s1, f"aux_optical{suffix}")),
-                "aux_s": st.train_aux(cfg, self.tgt, pl, self.run, "sar", self.progress, f"aux_sar{suffix}",
-                                      val=(self.tval, vpl)),
+                "pl": pl, "pl_sar": spl, "step1": s1, "aux_o": aux_o,
+                "aux_s": st.train_aux(cfg, self.tgt, spl, self.run, "sar", self.progress, f"aux_sar{suffix}",
+                                      val=(self.tval, svpl)),
             }
         return self.cache[key]
 
@@ -133,7 +139,7 @@ def dual_predictor(name: str, model, ckpt: Path | None, device: str = "cpu") -> 
 
 # ------------------------------------------------------------------------------------------------------ ESCCS family
 #: docs/method.md's recipe: every option of ours off (the ``esccs-paper`` row); the config's other values are kept
-PAPER_STEP1 = {"cloud_max": 1.0, "clouded": "hard", "source_clouds": False}
+PAPER_STEP1 = {"cloud_max": 1.0, "clouded": "hard", "source_clouds": False, "sar_teacher": "source"}
 PAPER_STEP2 = {"vote": "teacher", "rounds": 0}
 
 

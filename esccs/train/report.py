@@ -6,7 +6,8 @@ seed). Output: Markdown + JSON, and PNGs (accuracy vs cloud cover per method, IR
 
 The comparison table of each data option has the methods, then the **oracle rows** (trained WITH target labels:
 upper bounds, never methods), then the ablations; a **gap closed** column per method,
-``(OA - OA_source-only) / (OA_oracle-dual - OA_source-only)`` overall and per stratum (means over runs); and for
+``(OA - OA_source-only) / (OA_oracle-dual - OA_source-only)`` overall and per stratum (means over the row's own
+runs); and for
 ESCCS against every other row the **paired difference with a 95 % bootstrap interval** (:mod:`esccs.train.stats`).
 """
 
@@ -262,7 +263,14 @@ def comparison(results: dict[str, list[dict]]) -> dict:
                                              for r in rs if all(s in r.get("strata", {}) for s in STRATA)])
         gaps = {}
         if FLOOR in table and ORACLE in table:
-            gaps = {m: gap_closed(table[m], table[FLOOR], table[ORACLE]) for m in table if not table[m]["oracle"]}
+            for m in table:  # floor and oracle averaged over the same runs as the row (a row may have fewer runs)
+                if table[m]["oracle"]:
+                    continue
+                runs = {r["run"] for r in group[m]}
+                same = {k: [r for r in group[k] if r["run"] in runs] for k in (FLOOR, ORACLE)}
+                if all(same.values()):
+                    ref = aggregate(same)
+                    gaps[m] = gap_closed(table[m], ref[FLOOR], ref[ORACLE])
         out[name] = {"table": table, "paired": paired_rows(group), "gap": gaps,
                      "runs": sorted({r["run"] for rs in group.values() for r in rs})}
     return out

@@ -227,14 +227,18 @@ def simulated_clouds(bank: Bank, seed: int) -> tuple[torch.Tensor, torch.Tensor]
     return torch.from_numpy(np.stack(images)), torch.tensor(cover, dtype=torch.float32)
 
 
-def source_cloud_data(src: Bank, source: nn.Module, step1: Step1Config, seed: int, device: str = "cpu") -> dict:
-    """[ours] f_O's extra training rows: labelled source images under simulated clouds.
+def source_cloud_data(src: Bank, source: nn.Module, step1: Step1Config, seed: int, device: str = "cpu",
+                      split: str = "train") -> dict:
+    """[ours] f_O's extra training or validation rows: labelled source images of ``split`` under simulated clouds.
 
     CE to the source label and KD to f_S's logits on the clear image; rows above ``cloud_max`` get the soft
-    (uniform) target instead.
+    (uniform) target instead. The validation rows score f_O against true source labels under clouds, which the
+    held-out target pseudo-labels (f_S's, blind to clouds) cannot.
     """
-    train = src.where("train") if (src.split == "train").any() else src
-    x, cover = simulated_clouds(train, seed)
+    train = src.where(split) if (src.split == split).any() else (src if split == "train" else src.empty())
+    if not len(train):
+        return {}
+    x, cover = simulated_clouds(train, seed + (0 if split == "train" else 1))
     teacher = predict(source, train.optical, device=device)["logits"]
     target = train.labels.clone()
     if step1.clouded == "soft":
@@ -246,13 +250,15 @@ def source_cloud_data(src: Bank, source: nn.Module, step1: Step1Config, seed: in
 
 def train_aux(cfg: TrainConfig, tgt: Bank, pl: dict, run: Path, modality: str, progress: bool = True,
               stage: str | None = None, source: nn.Module | None = None, val: tuple[Bank, dict] | None = None,
-              init: nn.Module | None = None, extra_rows: dict | None = None) -> nn.Module:
+              init: nn.Module | None = None, extra_rows: dict | None = None,
+              extra_val: dict | None = None) -> nn.Module:
     """Step 1: an auxiliary model (``optical``: cloudy optical; ``sar``) on the filtered pseudo-labels.
 
     The optical auxiliary starts from the source model's weights when ``source`` is given and
     ``step1.init_from_source`` is set; the SAR auxiliary starts from scratch (other input), unless ``init`` (a
     trained model of the same kind, e.g. the previous relabelling round's) is given. ``val`` = (held-out bank, its
-    pseudo-labels) selects the checkpoint. ``extra_rows`` (same keys) are added to the training rows.
+    pseudo-labels) selects the checkpoint. ``extra_rows`` / ``extra_val`` (same keys) are added to the training /
+    validation rows.
     """
     data = aux_data(tgt, pl, modality, cfg.step1)
     if extra_rows:
@@ -263,6 +269,8 @@ def train_aux(cfg: TrainConfig, tgt: Bank, pl: dict, run: Path, modality: str, p
     else:
         init_fn = init_from(optical=source) if modality == "optical" and cfg.step1.init_from_source else None
     vdata = aux_data(val[0], val[1], modality, cfg.step1) if val is not None and len(val[0]) else None
+    if extra_val:
+        vdata = {k: torch.cat([v, extra_val[k]]) for k, v in vdata.items()} if vdata else extra_val
     return run_stage(run, stage or f"aux_{modality}", model_config(cfg, tgt, modality), data, step, cfg.loop("aux"),
                      progress, extra={"kept": int(len(pl["kept"]))}, erase_range=valid_range(tgt), init=init_fn,
                      val=vdata)
@@ -320,14 +328,14 @@ def irm_inputs(teachers: dict, s2: Step2Config, coverage: torch.Tensor | None = 
 
 
 def pooled_logits(teachers: dict, coverage: torch.Tensor) -> torch.Tensor:
-    """[ours] Log-linear pool of the teachers: ``v/2 log p^S + v/2 log p^O + log p^R`` with ``v = 1 - cover``.
+    """[ours] Log-linear pool of the modalities: ``v log p^O + log p^R`` with ``v = 1 - cover``.
 
     The product of the modalities' posteriors is the Bayes fusion when optical and SAR are independent given the
-    class; the optical modality's log-posterior (the mean of f_S's and f_O's) counts as far as the image is visible.
+    class; the optical modality's log-posterior counts as far as the image is visible. The optical modality speaks
+    through f_O alone: f_S is blind to clouds, and what it knows of the clear scene is in f_O (trained from it).
     """
     v = (1 - coverage.float().clamp(0, 1)).unsqueeze(1)
-    logp = [t.float().log_softmax(1) for t in (teachers["u"], teachers["a_o"], teachers["a_s"])]
-    return v * (logp[0] + logp[1]) / 2 + logp[2]
+    return v * teachers["a_o"].float().log_softmax(1) + teachers["a_s"].float().log_softmax(1)
 
 
 def regulated_kd(z: torch.Tensor, b: dict, temperature: float, beta: float) -> torch.Tensor:
