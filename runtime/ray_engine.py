@@ -355,6 +355,9 @@ def connect(address: str | None, num_cpus: int, timeout: float) -> dict[str, Any
     kw = {"include_dashboard": False, "logging_level": logging.WARNING}
     try:
         if address in (None, "", "local"):
+            # Ray runs its workers 15 nice levels below the raylet; on a local Ray the actors *are* this esccs run, so
+            # they keep its priority (as Ray's own job supervisor does), else a busy machine starves them
+            os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(address="local", num_cpus=num_cpus, **kw)
         else:
             target = _resolve(ray, address)

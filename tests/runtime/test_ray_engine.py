@@ -100,14 +100,18 @@ def _committed(shards: Path) -> list[Path]:
     return sorted(p for p in shards.glob("r*.jsonl")) if shards.is_dir() else []
 
 
-def _actor_pids() -> list[int]:
+def _actor_pids(cluster) -> list[int]:
+    """Our ShardWorker actors on the session's cluster only: children of its raylets (other Ray jobs on this machine,
+    another session's tests or a benchmark, are never touched)."""
+    raylets = {str(n.all_processes["raylet"][0].process.pid) for n in [cluster.head_node, *cluster.worker_nodes]}
     pids = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if (d / "cmdline").read_bytes().startswith(ACTOR_TITLE):
+                ppid = (d / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                if ppid in raylets and (d / "cmdline").read_bytes().startswith(ACTOR_TITLE):
                     pids.append(int(d.name))
-            except OSError:
+            except (OSError, IndexError):
                 pass
     return pids
 
@@ -210,7 +214,7 @@ def test_an_actor_killed_mid_run_leaves_one_row_per_tile(cluster, tiles, local_r
     shards = out.with_name("p.shards")
     try:
         caught = _wait_for(lambda: len(_committed(shards)) >= 1, 400, proc)
-        committed_at_kill, victims = len(_committed(shards)), _actor_pids()
+        committed_at_kill, victims = len(_committed(shards)), _actor_pids(cluster)
         assert caught and victims, "the run was not caught mid-way"
         os.kill(victims[0], signal.SIGKILL)
         _, err = proc.communicate(timeout=400)
@@ -240,7 +244,7 @@ def test_a_killed_driver_resumes_to_one_row_per_tile(cluster, tiles, local_run, 
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    assert _wait_for(lambda: not _actor_pids(), 120), "the dead driver's actors were not reaped"
+    assert _wait_for(lambda: not _actor_pids(cluster), 120), "the dead driver's actors were not reaped"
     before = sum(len(p.read_text().splitlines()) for p in _committed(shards))
     assert 8 <= before < 48 and not out.exists()  # shards committed, tables only at the end
     # a writer killed mid-shard leaves its temporary file: never committed, never read, removed
