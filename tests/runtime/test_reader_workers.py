@@ -188,3 +188,44 @@ def test_workers_exit_when_their_parent_is_killed(onnx_path, synth_root, tmp_pat
         proc.kill()
         proc.wait()
     assert _gone_within(pids, 10) == []
+
+
+IGNORE_SIGINT = r"""
+import json, os, signal, sys, time
+from types import SimpleNamespace
+from esccs.runtime import open_tiles
+from esccs.runtime.pipeline import _read_one
+from esccs.runtime.reader import Bands, TileReader
+from esccs.runtime.workers import ProcessPool
+from esccs.spec import S1_BANDS, S2_BANDS
+jobs = open_tiles(sys.argv[1]).jobs[:4]
+reader = TileReader(Bands(S2_BANDS, S1_BANDS, 16))
+pool = ProcessPool(reader, 2)
+slot = SimpleNamespace(optical=pool.buffer((4, 13, 16, 16)), sar=pool.buffer((4, 2, 16, 16)))
+for _ in range(20):  # until both workers have answered (imports done)
+    [f.result(timeout=120) for f in pool.submit_batch(_read_one, reader, jobs, slot)]
+try:
+    os.killpg(os.getpgid(0), signal.SIGINT)  # Ctrl-C: the whole process group
+    time.sleep(5)
+    interrupted = False
+except KeyboardInterrupt:
+    interrupted = True
+time.sleep(1.0)
+alive = [p.is_alive() for p in pool._procs]
+ok = [f.result(timeout=60)["status"] for f in pool.submit_batch(_read_one, reader, jobs, slot)]
+pool.shutdown()
+print(json.dumps({"interrupted": interrupted, "alive": alive, "after": ok,
+                  "exitcodes": [p.exitcode for p in pool._procs]}))
+"""
+
+
+def test_workers_ignore_sigint_and_exit_cleanly_on_shutdown(synth_root):
+    """Ctrl-C is the parent's to handle: the workers keep reading until the parent shuts them down (exit 0)."""
+    proc = subprocess.run([sys.executable, "-c", IGNORE_SIGINT, str(synth_root)], capture_output=True, text=True,
+                          timeout=300, start_new_session=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["interrupted"] is True  # the parent got the KeyboardInterrupt
+    assert res["alive"] == [True, True] and res["after"] == ["ok"] * 4  # the workers did not
+    assert res["exitcodes"] == [0, 0]  # and left through the sentinel, not killed
+    assert "Traceback" not in proc.stderr
