@@ -266,8 +266,14 @@ def train_speed(arch: str, width: int, size: int, batch: int, device: str | None
 @click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for hard-linked tile sets and outputs (default /tmp/esccs-bench-infer).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write figures as JSON.")
-def infer_speed(data: Path, model_path: Path | None, arch: str, width: int, counts: tuple[int, ...], batch_size: int,
-                workers: int, threads: int | None, min_time: float, scratch: Path | None, out: Path | None) -> None:
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: the local engine vs Ray Data with 1 and N actors on the same tiles, interleaved rounds, and "
+                   "Ray's start-up (--tiles: one count [default 4000]; also writes OUT's .md).")
+@click.option("--rounds", default=3, show_default=True, help="--engine ray: interleaved rounds.")
+@click.pass_context
+def infer_speed(ctx: click.Context, data: Path, model_path: Path | None, arch: str, width: int,
+                counts: tuple[int, ...], batch_size: int, workers: int, threads: int | None, min_time: float,
+                scratch: Path | None, out: Path | None, engine: str, rounds: int) -> None:
     """`esccs infer` end to end vs its backend alone (goal >= 0.85x on 2 cores), and peak RSS vs tile count."""
     from esccs.benchmarks.infer import bench_infer, random_model
 
@@ -275,6 +281,21 @@ def infer_speed(data: Path, model_path: Path | None, arch: str, width: int, coun
     if model_path is None:
         model_path = random_model(data, arch, width, scratch)
         click.echo(f"model: random-weight {arch} width {width} -> {model_path}")
+    if engine == "ray":
+        import shlex
+        import sys
+
+        from esccs.benchmarks.ray_infer import bench_ray, markdown
+
+        n = 4000 if ctx.get_parameter_source("counts") == ParameterSource.DEFAULT else counts[0]
+        r = bench_ray(model_path, data, n, batch_size, rounds, scratch, log=click.echo)
+        if out:
+            from esccs.io.atomic import write_json, write_text
+
+            write_json(out, r)
+            write_text(out.with_suffix(".md"), markdown(r, shlex.join(["esccs", *sys.argv[1:]])))
+            click.echo(f"wrote {out} and {out.with_suffix('.md')}")
+        return
     r = bench_infer(model_path, data, counts, batch_size, workers, threads, scratch, min_time, log=click.echo)
     if out:
         from esccs.io.atomic import write_json
