@@ -42,8 +42,9 @@ class InferOptions:
 
     Attributes:
         batch_size: tiles per backend call.
-        readers: reader threads (default 1: one thread decodes a 128 px pair in ~4 ms, faster than a CPU backend
-            classifies it; GPU hosts want more).
+        readers: reader workers (default 1, a thread: the fast path reads a 128 px triple in about 1 ms, faster than
+            a CPU backend classifies it; more are worker processes, see :mod:`esccs.runtime.workers`; GPU hosts want
+            more).
         queue_depth: batches read ahead of the backend.
         resume: continue from the manifest of an interrupted run.
         overwrite: discard earlier results at the same outputs.

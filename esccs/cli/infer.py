@@ -35,7 +35,9 @@ RAY_FLAGS = {"address": "--address", "actors": "--actors", "cpus_per_actor": "--
 @click.option("--resume", is_flag=True, help="Continue an interrupted run: tiles already in the manifest are skipped.")
 @click.option("--overwrite", is_flag=True, help="Discard earlier results at the same outputs and start again.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Reader threads (GDAL decodes in parallel; on a GPU host use more).")
+              help="Reader workers: 1 is a thread; more are worker processes filling shared-memory batch rows "
+                   "(threads do not scale; ESCCS_READER_POOL=thread forces them). On a GPU host use more. "
+                   "ESCCS_READER=rasterio reads every file with rasterio (the reference path).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads of the backend [default: all cores this process may use].")
 @click.option("--part", default=None, help="Part of an `esccs data synth` folder (default: target).")
