@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from esccs.runtime.model import default_threads
+from esccs.spec import INPUT_NAMES
 
 BACKENDS = ("torch", "torch-compile", "torch-cudagraphs", "onnxruntime", "onnxruntime-int8", "tensorrt")
 #: precisions each backend can run (requested precisions outside this set are not crossed with the backend)
@@ -203,7 +204,7 @@ class TorchEngine(Engine):
             raise BackendError(f"{checkpoint} is a {cfg.name} classifier, not the dual-branch model M was exported "
                                "from")
         norm = cfg.normalization or {}
-        baked = all(k in norm for k in ("optical", "sar"))
+        baked = all(k in norm for k in INPUT_NAMES)
         module = build_module(model.eval(), cfg, preprocess=baked).eval()
         if backend == "torch-compile":
             module = torch.compile(module, dynamic=False)

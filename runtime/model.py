@@ -23,16 +23,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from esccs.errors import ConfigError, DataError
+from esccs.spec import ARTIFACT_SCHEMA_VERSION, INPUT_NAMES, OUTPUT_NAMES, REQUIRED_METADATA_KEYS
 
-#: the two inputs and three outputs every esccs dual-modality artifact has
-INPUT_NAMES = ("optical", "sar")
-OUTPUT_NAMES = ("logits", "probs", "modality_weights")
 #: artifact suffix -> backend that runs it
 SUFFIX_BACKEND = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".safetensors": "torch",
                   ".json": "torch"}
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
-#: metadata keys without which a model is refused
-REQUIRED_KEYS = ("classes", "optical_bands", "sar_bands", "patch_size", "preprocessing_baked")
 
 
 class ModelError(DataError):
@@ -78,10 +74,14 @@ class ModelInfo:
             ModelError: a required entry is missing or malformed (one line naming the artifact and the key).
         """
         meta = {k: _decode(v) for k, v in raw.items()}
-        missing = [k for k in REQUIRED_KEYS if k not in meta]
+        missing = [k for k in REQUIRED_METADATA_KEYS if k not in meta]
         if missing:
             raise ModelError(path, f"no esccs metadata ({', '.join(missing)} missing): the runtime needs the bands, "
                                    "units and classes; export the model with `esccs export`")
+        schema = meta["esccs_schema_version"]
+        if not isinstance(schema, int) or isinstance(schema, bool) or not 1 <= schema <= ARTIFACT_SCHEMA_VERSION:
+            raise ModelError(path, f"esccs metadata schema {schema!r}: this esccs reads schema 1 to "
+                                   f"{ARTIFACT_SCHEMA_VERSION}; upgrade esccs or export the model again")
         try:
             info = cls(Path(path), tuple(meta["classes"]), tuple(meta["optical_bands"]), tuple(meta["sar_bands"]),
                        int(meta["patch_size"]), bool(meta["preprocessing_baked"]), meta.get("normalization"),

@@ -1,27 +1,31 @@
-"""The JSON sidecar beside a TensorRT engine, and the check made *before* deserialising one (torch-free).
+"""The JSON sidecar beside a TensorRT engine: built, written, read and checked here only (torch-free).
 
 TensorRT plans are tied to the TensorRT version and the GPU that built them, and standard TensorRT has no header-only
 validity check, so ``esccs export --format trt`` writes ``<engine>.json`` (TensorRT version, GPU name and compute
-capability, compatibility levels, profiles, precision recipe, the ONNX metadata) and every loader reads it first.
-Export and the runtime share this module.
+capability, compatibility levels, profiles, precision recipe, source ONNX, the artifact metadata) and every loader
+reads it first. The format tag, schema version and keys are :mod:`esccs.spec`'s ``ENGINE_SIDECAR_*``; export and the
+runtime share this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import esccs
 from esccs.errors import DataError, EngineMismatchError
-
-SIDECAR_FORMAT = "esccs-tensorrt-engine"
+from esccs.io.atomic import atomic_path, write_json
+from esccs.spec import ENGINE_SIDECAR_FORMAT, ENGINE_SIDECAR_KEYS, ENGINE_SIDECAR_SCHEMA, ENGINE_SIDECAR_SUFFIX
 
 
 def sidecar_path(engine: str | os.PathLike) -> Path:
     """``<engine>.json`` (``m.engine`` -> ``m.engine.json``; ``m.json`` is the checkpoint's config)."""
     engine = Path(engine)
-    return engine.with_name(engine.name + ".json")
+    return engine.with_name(engine.name + ENGINE_SIDECAR_SUFFIX)
 
 
 def trt_major(version: str) -> int:
@@ -34,20 +38,77 @@ def _cc(text: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
+def build_engine_sidecar(*, trt_version: str, gpu: dict[str, Any], profiles: dict, recipe: dict, onnx_file: str,
+                         onnx_sha256: str, checkpoint_sha256: str, version_compatible: bool, hardware_compat: str,
+                         workspace_gb: float, metadata: dict[str, str]) -> dict[str, Any]:
+    """The sidecar dict (keys: :data:`esccs.spec.ENGINE_SIDECAR_KEYS`).
+
+    Args:
+        trt_version: ``tensorrt.__version__`` of the build.
+        gpu: ``{"name", "compute_capability"}`` of the building GPU.
+        profiles: the optimisation profile, ``{input: {"min", "opt", "max"}}``.
+        recipe: how the precision was reached (typing, ONNX precision, builder flags).
+        onnx_file: the ONNX the engine was built from (kept beside it).
+        onnx_sha256: its SHA-256.
+        checkpoint_sha256: SHA-256 of the checkpoint's weights.
+        version_compatible: whether the plan runs on later TensorRT versions.
+        hardware_compat: ``none``, ``ampere+`` or ``same-cc``.
+        workspace_gb: the builder workspace limit.
+        metadata: the artifact metadata (:data:`esccs.spec.METADATA_KEYS`), as in the source ONNX.
+    """
+    return {"format": ENGINE_SIDECAR_FORMAT, "schema": ENGINE_SIDECAR_SCHEMA, "esccs_version": esccs.__version__,
+            "tensorrt_version": trt_version, "gpu": gpu, "profiles": [profiles], "precision": recipe,
+            "source_onnx": {"file": onnx_file, "sha256": onnx_sha256}, "checkpoint_sha256": checkpoint_sha256,
+            "compatibility": {"version_compatible": version_compatible, "hardware": hardware_compat},
+            "workspace_gb": workspace_gb, "metadata": metadata}
+
+
+@contextlib.contextmanager
+def staged_engine(engine_path: str | os.PathLike, plan: bytes, sidecar: dict[str, Any]) -> Iterator[Path]:
+    """Write ``plan`` and its sidecar under temporary names beside ``engine_path`` and yield the temporary engine.
+
+    The temporary engine is a complete, loadable artifact (its sidecar beside it), so it can be checked by the
+    runtime before it is published. When the block succeeds, the sidecar and then the engine are renamed into place;
+    when it raises, both are deleted and nothing is left half-written.
+    """
+    final = Path(engine_path)
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(plan)
+        side = sidecar_path(tmp)
+        try:
+            write_json(side, sidecar)
+            yield tmp
+            os.replace(side, sidecar_path(final))
+        finally:
+            side.unlink(missing_ok=True)
+
+
 def read_engine_sidecar(engine_path: str | os.PathLike) -> dict[str, Any]:
-    """Read and minimally validate ``<engine>.json``.
+    """Read and validate ``<engine>.json``: format tag, schema version, every key.
 
     Raises:
-        DataError: the sidecar is missing, not JSON, or not an esccs engine sidecar.
+        DataError: the sidecar is missing, not JSON, not an esccs engine sidecar, or of a newer schema.
     """
     side = sidecar_path(engine_path)
     try:
         meta = json.loads(side.read_text())
-        meta["tensorrt_version"], meta["gpu"]["compute_capability"], meta["compatibility"]["hardware"]  # noqa: B018
     except FileNotFoundError:
         raise DataError(side, "engine sidecar is missing (rebuild with esccs export --format trt)") from None
-    except (ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise DataError(side, f"not an esccs engine sidecar ({type(err).__name__}: {err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != ENGINE_SIDECAR_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise DataError(side, f"not an esccs engine sidecar (format {got!r}, expected {ENGINE_SIDECAR_FORMAT!r})")
+    if not isinstance(meta.get("schema"), int) or meta["schema"] > ENGINE_SIDECAR_SCHEMA:
+        raise DataError(side, f"engine sidecar schema {meta.get('schema')!r} is newer than this esccs reads "
+                              f"({ENGINE_SIDECAR_SCHEMA}); upgrade esccs or rebuild the engine")
+    missing = [k for k in ENGINE_SIDECAR_KEYS if k not in meta]
+    if missing:
+        raise DataError(side, f"not an esccs engine sidecar ({', '.join(missing)} missing)")
+    try:
+        _cc(meta["gpu"]["compute_capability"]), meta["gpu"]["name"], meta["compatibility"]["hardware"]  # noqa: B018
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(side, f"malformed esccs engine sidecar ({type(err).__name__}: {err})") from None
     return meta
 
 

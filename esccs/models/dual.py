@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from esccs.ops.grad_scale import grad_scale
+from esccs.spec import OUTPUT_NAMES
 
 
 def modality_weights(logits: torch.Tensor, logits_o: torch.Tensor, logits_s: torch.Tensor) -> torch.Tensor:
@@ -102,7 +103,7 @@ class ExportWrapper(nn.Module):
     ``logits`` and ``probs`` are ``(B, K)``; ``modality_weights`` is ``(B, 2)`` = ``[w_o, w_s]`` per sample.
     """
 
-    output_names: tuple[str, ...] = ("logits", "probs", "modality_weights")
+    output_names: tuple[str, ...] = OUTPUT_NAMES
 
     def __init__(self, model: DualBranchNet) -> None:
         super().__init__()

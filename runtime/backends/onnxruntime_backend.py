@@ -14,14 +14,8 @@ from typing import Any
 import numpy as np
 
 from esccs._deps import lazy_import
-from esccs.runtime.model import (
-    INPUT_NAMES,
-    OUTPUT_NAMES,
-    BackendUnavailableError,
-    ModelError,
-    ModelInfo,
-    default_threads,
-)
+from esccs.runtime.model import BackendUnavailableError, ModelError, ModelInfo, default_threads
+from esccs.spec import INPUT_NAMES, OUTPUT_NAMES
 
 GPU_HINT = "pip uninstall -y onnxruntime && pip install 'esccs[gpu]' (onnxruntime-gpu)"
 

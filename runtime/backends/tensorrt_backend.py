@@ -24,7 +24,35 @@ import numpy as np
 
 from esccs.errors import DependencyMissingError, EngineMismatchError
 from esccs.io.engine_sidecar import check_engine_sidecar, read_engine_sidecar
-from esccs.runtime.model import INPUT_NAMES, OUTPUT_NAMES, BackendUnavailableError, ModelError, ModelInfo
+from esccs.runtime.model import BackendUnavailableError, ModelError, ModelInfo
+from esccs.spec import INPUT_NAMES, OUTPUT_NAMES
+
+
+def import_tensorrt(purpose: str = "the tensorrt backend (also needs a CUDA GPU)"):
+    """Import ``tensorrt`` or raise the one-line install hint naming ``purpose``."""
+    try:
+        import tensorrt
+    except ImportError:
+        raise DependencyMissingError("tensorrt", "gpu", purpose) from None
+    return tensorrt
+
+
+def collecting_logger(trt):
+    """A ``tensorrt.ILogger`` that keeps error messages (``.errors``) for a one-line failure report.
+
+    The one logger of esccs: the engine build in :mod:`esccs.export.tensorrt` and this backend both use it.
+    """
+
+    class Collect(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg) -> None:  # noqa: D102 - TensorRT callback
+            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                self.errors.append(str(msg).strip())
+
+    return Collect()
 
 
 def buckets(max_batch: int) -> list[int]:
@@ -65,7 +93,7 @@ def _check(result: tuple) -> Any:
 
 
 def gpu_info(cudart=None) -> dict[str, str]:
-    """``{"name", "compute_capability"}`` of CUDA device 0, from cuda-python."""
+    """``{"name", "compute_capability"}`` of CUDA device 0, from cuda-python (the one copy: export uses it too)."""
     cudart = cudart or _cudart()
     props = _check(cudart.cudaGetDeviceProperties(0))
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
@@ -103,13 +131,10 @@ class TensorRTBackend:
     device = "cuda"
 
     def __init__(self, path: Path, cuda_graphs: bool = True, host_code: bool = False) -> None:
-        try:
-            import tensorrt as trt
-        except ImportError:
-            raise DependencyMissingError("tensorrt", "gpu", "the tensorrt backend (also needs a CUDA GPU)") from None
+        trt = import_tensorrt()
         self.trt, self.cudart = trt, _cudart()
         self.sidecar = check_engine_sidecar(path, trt.__version__, gpu_info(self.cudart))
-        logger = _CollectingLogger(trt)
+        logger = collecting_logger(trt)
         runtime = trt.Runtime(logger)
         runtime.engine_host_code_allowed = bool(host_code or self.sidecar["compatibility"].get("version_compatible"))
         self.engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
@@ -199,22 +224,6 @@ class TensorRTBackend:
             self.cudart.cudaGraphExecDestroy(g)
         self.cudart.cudaStreamDestroy(self.stream)
         self.inputs, self.outputs, self.graphs = [], {}, {}
-
-
-class _CollectingLogger:
-    """A TensorRT logger that keeps error messages for the one-line failure report."""
-
-    def __new__(cls, trt):
-        class Logger(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.errors: list[str] = []
-
-            def log(self, severity, msg) -> None:  # noqa: D102 - TensorRT callback
-                if severity <= trt.ILogger.Severity.ERROR:
-                    self.errors.append(str(msg))
-
-        return Logger()
 
 
 def load(path: Path, device: str = "auto", threads: int | None = None, **options: Any

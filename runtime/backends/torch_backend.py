@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from esccs._deps import lazy_import
-from esccs.runtime.model import OUTPUT_NAMES, BackendUnavailableError, ModelError, ModelInfo, default_threads
+from esccs.runtime.model import BackendUnavailableError, ModelError, ModelInfo, default_threads
+from esccs.spec import ARTIFACT_SCHEMA_VERSION, INPUT_NAMES, OUTPUT_NAMES
 
 
 class TorchBackend:
@@ -44,11 +45,12 @@ class TorchBackend:
 
 def checkpoint_metadata(cfg: Any) -> dict[str, Any]:
     """The ONNX-style metadata of a checkpoint's resolved config (preprocessing done by the runtime)."""
-    return {"classes": list(cfg.classes or []), "optical_bands": list(cfg.optical_bands or []),
-            "sar_bands": list(cfg.sar_bands or []), "patch_size": cfg.patch_size, "preprocessing_baked": False,
-            "normalization": cfg.normalization, "precision": "fp32", "model_config": json.dumps(cfg.to_dict()),
-            "inputs": {"optical": ["batch", cfg.in_chans, "height", "width"],
-                       "sar": ["batch", cfg.sar_chans, "height", "width"]}}
+    chans = dict(zip(INPUT_NAMES, (cfg.in_chans, cfg.sar_chans)))
+    return {"esccs_schema_version": ARTIFACT_SCHEMA_VERSION, "classes": list(cfg.classes or []),
+            "optical_bands": list(cfg.optical_bands or []), "sar_bands": list(cfg.sar_bands or []),
+            "patch_size": cfg.patch_size, "preprocessing_baked": False, "normalization": cfg.normalization,
+            "precision": "fp32", "model_config": json.dumps(cfg.to_dict()),
+            "inputs": {name: ["batch", c, "height", "width"] for name, c in chans.items()}}
 
 
 def load(path: Path, device: str = "auto", threads: int | None = None, **options: Any

@@ -13,7 +13,9 @@ from esccs.errors import ConfigError
 from esccs.export import export_model
 from esccs.models import ExportWrapper, load_checkpoint
 from esccs.runtime import ModelError, load_model, open_tiles
+from esccs.runtime.backends.torch_backend import checkpoint_metadata
 from esccs.runtime.model import Model
+from esccs.spec import ARTIFACT_SCHEMA_VERSION, INPUT_NAMES, METADATA_KEYS, OUTPUT_NAMES, REQUIRED_METADATA_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +31,11 @@ def torch_reference(checkpoint, tiles):
     """The PyTorch model's outputs: the checkpoint's own normalisation, then ExportWrapper (eval mode)."""
     model, cfg, _ = load_checkpoint(checkpoint)
     wrapper = ExportWrapper(model).eval()
-    norm = {k: Normalizer.from_dict(cfg.normalization[k]) for k in ("optical", "sar")}
+    norm = {k: Normalizer.from_dict(cfg.normalization[k]) for k in INPUT_NAMES}
     optical, sar = tiles
     with torch.inference_mode():
         out = wrapper(torch.from_numpy(norm["optical"](optical)), torch.from_numpy(norm["sar"](sar)))
-    return {k: t.numpy() for k, t in zip(("logits", "probs", "modality_weights"), out)}
+    return {k: t.numpy() for k, t in zip(OUTPUT_NAMES, out)}
 
 
 def test_onnx_picks_onnxruntime_and_reads_metadata(ort_model, checkpoint):
@@ -132,6 +134,35 @@ def test_onnx_missing_one_required_key_names_it(onnx_path, tmp_path):
     onnx.save(m, str(path))
     with pytest.raises(ModelError, match=r"no esccs metadata \(optical_bands missing\)"):
         load_model(path)
+
+
+def _with_metadata(src, dst, **entries):
+    m = onnx.load(str(src))
+    for p in m.metadata_props:
+        if p.key in entries:
+            p.value = entries[p.key]
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_newer_or_malformed_metadata_schema_is_refused(onnx_path, tmp_path):
+    newer = _with_metadata(onnx_path, tmp_path / "newer.onnx", esccs_schema_version=str(ARTIFACT_SCHEMA_VERSION + 1))
+    with pytest.raises(ModelError) as err:
+        load_model(newer)
+    assert _one_line(err) == (f"{newer}: esccs metadata schema {ARTIFACT_SCHEMA_VERSION + 1}: this esccs reads "
+                              f"schema 1 to {ARTIFACT_SCHEMA_VERSION}; upgrade esccs or export the model again")
+    odd = _with_metadata(onnx_path, tmp_path / "odd.onnx", esccs_schema_version="one")
+    with pytest.raises(ModelError, match="esccs metadata schema 'one'"):
+        load_model(odd)
+    with load_model(_with_metadata(onnx_path, tmp_path / "same.onnx"), threads=1) as m:  # the current schema loads
+        assert m.metadata["esccs_schema_version"] == ARTIFACT_SCHEMA_VERSION
+
+
+def test_every_producer_writes_what_the_runtime_requires(ort_model, checkpoint):
+    _, cfg, _ = load_checkpoint(checkpoint)
+    assert set(REQUIRED_METADATA_KEYS) <= set(METADATA_KEYS)
+    assert set(ort_model.metadata) == set(METADATA_KEYS)  # the ONNX export writes the whole contract
+    assert set(REQUIRED_METADATA_KEYS) <= set(checkpoint_metadata(cfg))  # the torch backend's own metadata
 
 
 def test_unknown_suffix_and_backend_mismatch(onnx_path, checkpoint, tmp_path):

@@ -14,8 +14,10 @@ from rt_helpers import read_jobs
 
 from esccs.cli import cli
 from esccs.errors import DataError, DependencyMissingError
+from esccs.io.engine_sidecar import build_engine_sidecar, read_engine_sidecar, sidecar_path
 from esccs.runtime import BackendUnavailableError, ModelError, load_model, open_tiles
 from esccs.runtime.backends.tensorrt_backend import bucket_for, buckets
+from esccs.spec import ENGINE_SIDECAR_FORMAT, ENGINE_SIDECAR_KEYS, ENGINE_SIDECAR_SCHEMA
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 GPU = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -39,14 +41,44 @@ def test_bucket_for_picks_the_smallest_bucket_that_fits():
         bucket_for(49, sizes)
 
 
-def _engine(tmp_path, metadata):
+def _sidecar(metadata) -> dict:
+    return build_engine_sidecar(trt_version="10.13.0.35", gpu=GPU, profiles={}, recipe={"precision": "fp32"},
+                                onnx_file="m.fp32.onnx", onnx_sha256="ab" * 32, checkpoint_sha256="cd" * 32,
+                                version_compatible=False, hardware_compat="none", workspace_gb=1.0,
+                                metadata=metadata)
+
+
+def _engine(tmp_path, metadata, **override):
     """A stand-in ``.engine`` file (not a plan: nothing here deserialises it) and an esccs sidecar beside it."""
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"not a real plan")
-    side = {"format": "esccs-tensorrt-engine", "schema": 1, "tensorrt_version": "10.13.0.35", "gpu": GPU,
-            "compatibility": {"version_compatible": False, "hardware": "none"}, "metadata": metadata}
+    side = {k: v for k, v in {**_sidecar(metadata), **override}.items() if v is not None}
     engine.with_name("m.engine.json").write_text(json.dumps(side))
     return engine
+
+
+def test_sidecar_carries_the_contracts_format_tag_schema_and_keys(tmp_path):
+    engine = _engine(tmp_path, {"classes": "[]"})
+    assert sidecar_path(engine) == tmp_path / "m.engine.json"
+    side = read_engine_sidecar(engine)
+    assert tuple(side) == ENGINE_SIDECAR_KEYS
+    assert (side["format"], side["schema"]) == (ENGINE_SIDECAR_FORMAT, ENGINE_SIDECAR_SCHEMA) == \
+           ("esccs-tensorrt-engine", 1)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"format": "someone-elses-engine"}, "not an esccs engine sidecar (format 'someone-elses-engine', expected "
+                                         "'esccs-tensorrt-engine')"),
+    ({"schema": ENGINE_SIDECAR_SCHEMA + 1}, f"engine sidecar schema {ENGINE_SIDECAR_SCHEMA + 1} is newer than this "
+                                            "esccs reads"),
+    ({"profiles": None, "source_onnx": None}, "not an esccs engine sidecar (profiles, source_onnx missing)"),
+    ({"gpu": {"name": "x"}}, "malformed esccs engine sidecar"),
+])
+def test_a_sidecar_off_the_contract_is_refused_before_tensorrt(tmp_path, onnx_metadata, override, message):
+    engine = _engine(tmp_path, onnx_metadata, **override)
+    with pytest.raises(DataError) as err:
+        load_model(engine)
+    assert str(err.value).startswith(f"{engine}.json: {message}") and "\n" not in str(err.value)
 
 
 @pytest.fixture
