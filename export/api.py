@@ -1,8 +1,9 @@
 """The export front door: :func:`export_model` (checkpoint -> ONNX / INT8 ONNX / TensorRT engine) and its result.
 
-Every export loads the checkpoint in eval mode, writes its artifact through a temporary file that is renamed only
-after the ONNX check and the parity check ran (so a failure leaves nothing half-written), writes the parity report
-as a JSON sidecar, prints one success line with path, size and time, and ready-to-run next steps.
+Every export loads the checkpoint in eval mode and calls its format's builder (:data:`esccs.export.FORMATS`), which
+writes the artifact through a temporary file renamed only after the ONNX check and the artifact's own check ran
+through :mod:`esccs.runtime` (so a failure leaves nothing half-written); the report goes into a JSON sidecar and one
+block is printed: success line with path, size and time, the verdict, and ready-to-run next steps.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from esccs.errors import ConfigError
-from esccs.export.errors import ExportError, ParityError
+from esccs.export.errors import ExportError
 from esccs.export.formats import default_output, get_format, validate_options
-from esccs.io.atomic import atomic_path, write_json
+from esccs.export.job import ExportJob
+from esccs.io.atomic import write_json
 
 
 @dataclass
@@ -32,12 +34,13 @@ class ExportResult:
         path: the artifact.
         size_bytes: its size.
         seconds: wall time of the whole export (load, export, checks, reports).
-        parity: the parity report (also in ``parity_path``).
+        parity: the verdict's report (also in ``parity_path``): fp32 against PyTorch on the parity batch, a reduced
+            precision on the evaluation tiles (:data:`esccs.export.parity.GOALS`).
         parity_path: the parity JSON sidecar.
         sidecars: every other file written beside the artifact (engine sidecar, timing cache).
         info: exporter, opset, dynamic axes, node count, notes, options used.
-        int8: INT8 accuracy and speed report (``onnx-int8`` only).
-        data: the data set used for parity / calibration, if any.
+        speed: INT8 vs fp32 speed (``onnx-int8`` only).
+        data: the data set used for parity / calibration / evaluation, if any.
     """
 
     format: str
@@ -48,7 +51,7 @@ class ExportResult:
     parity_path: Path
     sidecars: list[Path] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
-    int8: dict[str, Any] | None = None
+    speed: dict[str, Any] | None = None
     data: Path | None = None
 
     def success_line(self) -> str:
@@ -63,17 +66,31 @@ class ExportResult:
                 f"  esccs infer TILES --model {model}\n"
                 f"  esccs benchmark --model {model} --data {data}")
 
+    def failure_line(self) -> str | None:
+        """The one loud line of a check that did not pass (``None`` when it passed)."""
+        p = self.parity
+        if p["passed"]:
+            return None
+        if p["verdict"] == "inconclusive":
+            return (f"!! {p['precision'].upper()} CHECK INCONCLUSIVE: too few evaluation tiles to judge the "
+                    "quantised model (use --strict to make this an error)")
+        if p["precision"] == "fp32":
+            return ("!! PARITY CHECK FAILED: the exported model does not match PyTorch (use --strict to make this an "
+                    "error)")
+        return (f"!! {p['precision'].upper()} CHECK FAILED: the {p['precision']} model loses accuracy against PyTorch "
+                "fp32 (use --strict to make this an error)")
+
     def report(self) -> str:
-        """The printed block: success line, parity, INT8 report, notes, next steps."""
+        """The printed block: success line, the verdict (stated once), speed, notes, next steps."""
         from esccs.export.parity import parity_line
-        from esccs.export.quantize import int8_line
+        from esccs.export.quantize import speed_line
 
         lines = [self.success_line(), ("  " if self.parity["passed"] else "!! ") + parity_line(self.parity)]
-        if not self.parity["passed"]:
-            lines.append("!! PARITY CHECK FAILED: the exported model does not match PyTorch (use --strict to make "
-                         "this an error)")
-        if self.int8:
-            lines.append("  " + int8_line(self.int8))
+        failure = self.failure_line()
+        if failure:
+            lines.append(failure)
+        if self.speed:
+            lines.append("  " + speed_line(self.speed))
         lines += [f"  note: {n}" for n in self.info.get("notes", [])]
         lines.append(f"  parity report: {self.parity_path}")
         lines += [f"  sidecar: {p}" for p in self.sidecars]
@@ -117,51 +134,6 @@ def _tiles(o: dict[str, Any], cfg):
     return ds, read_tiles(ds, cfg, o["parity_batch"])
 
 
-def _parity_sizes(n: int) -> tuple[int, ...]:
-    return tuple(sorted({1, min(3, n), n}))
-
-
-def _onnx_fp32(model, cfg, sha, o, path: Path, tiles) -> tuple[dict, dict]:
-    from esccs.export.onnx import write_onnx
-    from esccs.export.parity import check_parity
-
-    with atomic_path(path) as tmp:
-        info = write_onnx(model, cfg, tmp, o, sha)
-        parity = check_parity(tmp, model, tiles, o["preprocess"], "fp32", _parity_sizes(len(tiles)))
-        _strict(o, parity)
-    return info, parity
-
-
-def _strict(o: dict[str, Any], parity: dict[str, Any]) -> None:
-    from esccs.export.parity import parity_line
-
-    if o["strict"] and not parity["passed"]:
-        raise ParityError("strict: " + parity_line(parity) + "; nothing written")
-
-
-def _onnx_int8(model, cfg, sha, o, path: Path, ds, tiles) -> tuple[dict, dict, dict]:
-    from esccs.export.onnx import build_metadata, finish_model, write_onnx
-    from esccs.export.parity import check_parity
-    from esccs.export.quantize import int8_report, quantize_int8
-    from esccs.export.tiles import read_tiles
-
-    calib = read_tiles(ds, cfg, o["calib_samples"], split="train")
-    evaluation = read_tiles(ds, cfg, o["eval_samples"], split="test")
-    with tempfile.TemporaryDirectory(prefix="esccs-export-") as tmpdir:
-        fp32 = Path(tmpdir) / "fp32.onnx"
-        info = write_onnx(model, cfg, fp32, o, sha)
-        info["fp32_parity"] = check_parity(fp32, model, tiles, o["preprocess"], "fp32", _parity_sizes(len(tiles)))
-        with atomic_path(path) as tmp:
-            recipe = quantize_int8(fp32, tmp, calib, o["preprocess"])
-            meta = {**build_metadata(cfg, info, sha, o["preprocess"], "int8"), "quantization": json.dumps(recipe)}
-            info.update(finish_model(tmp, meta, simplify=False), quantization=recipe)
-            parity = check_parity(tmp, model, tiles, o["preprocess"], "int8", _parity_sizes(len(tiles)))
-            _strict(o, parity)
-            report = int8_report(fp32, tmp, evaluation, tiles.take(o["speed_batch"]), o["preprocess"],
-                                 o["speed_reps"])
-    return info, parity, report
-
-
 def export_model(checkpoint: str | os.PathLike, format: str = "onnx", out: str | os.PathLike | None = None,
                  print_fn: Callable[[str], Any] | None = print, **opts: Any) -> ExportResult:
     """Export a dual-branch checkpoint and check the result against PyTorch.
@@ -175,7 +147,7 @@ def export_model(checkpoint: str | os.PathLike, format: str = "onnx", out: str |
             ``strict``, ...); a bad option for the format is an error.
 
     Returns:
-        The :class:`ExportResult` (artifact, parity, INT8 report, sidecars).
+        The :class:`ExportResult` (artifact, verdict, INT8 speed, sidecars).
 
     Raises:
         ConfigError: unknown format or option, bad value or combination, a classifier checkpoint.
@@ -193,31 +165,21 @@ def export_model(checkpoint: str | os.PathLike, format: str = "onnx", out: str |
     o = validate_options(fmt, opts)
     path = default_output(checkpoint, fmt, out)
     _check_writable(path)
-    if fmt.name == "trt":
-        from esccs.export.tensorrt import require_tensorrt
-
-        require_tensorrt()
+    if fmt.preflight is not None:
+        fmt.preflight()
     model, cfg, sha = _load(checkpoint)
     ds, tiles = _tiles(o, cfg)
-    int8 = None
-    sidecars: list[Path] = []
-    if fmt.name == "onnx":
-        info, parity = _onnx_fp32(model, cfg, sha, o, path, tiles)
-    elif fmt.name == "onnx-int8":
-        info, parity, int8 = _onnx_int8(model, cfg, sha, o, path, ds, tiles)
-    else:
-        from esccs.export.tensorrt import export_engine
-
-        info, parity, sidecars = export_engine(model, cfg, sha, o, path, ds, tiles, print_fn)
+    built = fmt.builder(ExportJob(model, cfg, sha, o, path, ds, tiles, print_fn))
     from esccs.export.parity import parity_path
 
     p_path = parity_path(path)
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in o.items() if k != "explicit"}
     write_json(p_path, {"artifact": path.name, "format": fmt.name, "checkpoint": str(checkpoint),
-                        "checkpoint_sha256": sha, "parity": parity, "int8": int8, "options": options,
-                        "export": {k: v for k, v in info.items() if k != "metadata"}})
-    result = ExportResult(fmt.name, path, path.stat().st_size, time.perf_counter() - t0, parity, p_path, sidecars,
-                          {**info, "options": options}, int8, Path(o["data"]) if o["data"] else None)
+                        "checkpoint_sha256": sha, "parity": built.parity, "speed": built.speed, "options": options,
+                        "export": {k: v for k, v in built.info.items() if k != "metadata"}})
+    result = ExportResult(fmt.name, path, path.stat().st_size, time.perf_counter() - t0, built.parity, p_path,
+                          built.sidecars, {**built.info, "options": options}, built.speed,
+                          Path(o["data"]) if o["data"] else None)
     if print_fn is not None:
         print_fn(result.report())
     return result

@@ -1,19 +1,29 @@
-"""The one export format table: names, aliases, suffixes, GPU need and the options each format accepts.
+"""The one export format table: names, aliases, suffixes, GPU need, builder and the options each format accepts.
 
-Everything user-facing reads this table: :func:`esccs.export.export_model`, ``esccs export --help``, validation and
-the "did you mean" hints. A bad option for a format is an error, never silently dropped or rewritten.
+Everything user-facing reads this table: :func:`esccs.export.export_model` (which calls the row's builder),
+``esccs export`` (its flags, defaults and epilog are generated from it), validation and the "did you mean" hints. A
+bad option for a format is an error, never silently dropped or rewritten.
+
+How an export is judged (:data:`esccs.export.parity.GOALS`): fp32 must reproduce PyTorch (max |d logit| <= 1e-4,
+every top-1 equal, on ``parity_batch`` tiles); a reduced precision (``onnx-int8``, ``trt`` at fp16 / bf16 / int8)
+is judged on ``eval_samples`` test tiles by its OA loss against PyTorch fp32 (int8: <= 1 point) and its top-1
+agreement (int8: >= 99 %), on at least 101 tiles so that one flip weighs less than 1 %.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from esccs.errors import ConfigError
+from esccs.export.job import Built, ExportJob
+from esccs.export.onnx import build_onnx
+from esccs.export.quantize import build_int8
+from esccs.export.tensorrt import export_engine, require_tensorrt
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,7 @@ class Option:
         help: one line for tables and ``--help``.
         choices: allowed values of a ``str`` option.
         minimum: smallest allowed value of a number.
+        default_text: what a ``None`` default means, for ``--help``.
     """
 
     name: str
@@ -35,6 +46,20 @@ class Option:
     help: str
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
+    default_text: str | None = None
+
+    @property
+    def flag(self) -> str:
+        """The CLI flag: ``--`` + name with ``-`` for ``_``."""
+        return "--" + self.name.replace("_", "-")
+
+    def shown_default(self) -> str:
+        """The default as ``--help`` shows it (``on`` / ``off`` for a boolean)."""
+        if self.default is None:
+            return self.default_text or "none"
+        if self.type is bool:
+            return "on" if self.default else "off"
+        return f"{self.default:g}" if isinstance(self.default, float) else str(self.default)
 
 
 @dataclass(frozen=True)
@@ -48,6 +73,9 @@ class Format:
         gpu: whether building it needs a CUDA GPU.
         description: one line.
         options: the options this format accepts.
+        builder: ``build(job) -> Built``: writes and checks the artifact (:mod:`esccs.export.job`).
+        backend: the :mod:`esccs.runtime` backend that loads it (it picks the backend by the file's last suffix).
+        preflight: called before the checkpoint is loaded (a missing package fails fast).
     """
 
     name: str
@@ -56,6 +84,9 @@ class Format:
     gpu: bool
     description: str
     options: tuple[Option, ...] = field(default_factory=tuple)
+    builder: Callable[[ExportJob], Built] | None = None
+    backend: str = "onnxruntime"
+    preflight: Callable[[], Any] | None = None
 
     def option(self, name: str) -> Option:
         """The option called ``name`` (KeyError if this format has none)."""
@@ -63,20 +94,23 @@ class Format:
 
 
 _ONNX_OPTIONS = (
-    Option("data", Path, None, "data set folder: real tiles for parity (and calibration)"),
-    Option("opset", int, None, "ONNX opset (default: 18 with dynamo, 17 with legacy)", minimum=13),
-    Option("exporter", str, "dynamo", "torch.onnx exporter; dynamo falls back to legacy with a warning unless "
+    Option("data", Path, None, "data set folder: real tiles for parity, calibration and evaluation (a synthetic "
+                               "index folder uses its target part)",
+           default_text="none: a seeded random batch"),
+    Option("opset", int, None, "ONNX opset", minimum=13, default_text="18 with dynamo, 17 with legacy"),
+    Option("exporter", str, "dynamo", "the torch.onnx exporter; dynamo falls back to legacy with a warning unless "
                                       "asked for explicitly", choices=("dynamo", "legacy")),
     Option("preprocess", bool, True, "bake NaN cleaning, clipping and band normalisation into the graph "
                                      "(the runtime feeds raw DN / dB)"),
     Option("simplify", bool, False, "simplify the graph with onnxslim (must be installed)"),
     Option("dynamic_spatial", bool, True, "dynamic height/width (falls back to the fixed patch size, recorded)"),
-    Option("parity_batch", int, 16, "tiles in the parity batch", minimum=1),
+    Option("parity_batch", int, 16, "tiles in the fp32 parity batch", minimum=1),
     Option("strict", bool, False, "a failed parity check is an error (the artifact is not written)"),
 )
 _INT8_OPTIONS = (
     Option("calib_samples", int, 512, "tiles used for INT8 calibration (>= 500 recommended)", minimum=1),
-    Option("eval_samples", int, 256, "labelled tiles for the INT8 vs fp32 accuracy report", minimum=1),
+    Option("eval_samples", int, 256, "test tiles the INT8 model is judged on (OA loss, top-1 agreement; >= 101)",
+           minimum=1),
     Option("speed_batch", int, 32, "batch size of the INT8 vs fp32 speed comparison", minimum=1),
     Option("speed_reps", int, 10, "timed repetitions (median reported)", minimum=1),
 )
@@ -87,8 +121,8 @@ _TRT_OPTIONS = (
     Option("batch_opt", int, 16, "batch TensorRT tunes for", minimum=1),
     Option("batch_max", int, 64, "largest batch of the optimisation profile", minimum=1),
     Option("workspace", float, 4.0, "builder workspace limit in GiB", minimum=0.0),
-    Option("timing_cache", Path, None, "timing-cache file, read if present and written back "
-                                       "(default: <engine stem>.timing.cache)"),
+    Option("timing_cache", Path, None, "timing-cache file, read if present and written back",
+           default_text="<engine stem>.timing.cache"),
     Option("version_compatible", bool, False, "engine runs on later TensorRT versions (embeds a lean runtime; "
                                               "slower; loading must allow host code)"),
     Option("hardware_compat", str, "none", "run on other GPUs: ampere+ or same-cc (fewer tactics; slower)",
@@ -96,17 +130,18 @@ _TRT_OPTIONS = (
     Option("weak_typing", bool, False, "TensorRT < 11 only: legacy FP16/INT8 builder flags instead of a "
                                        "strongly typed network"),
     Option("calib_samples", int, 512, "tiles used for INT8 calibration (precision int8)", minimum=1),
+    Option("eval_samples", int, 256, "test tiles a reduced precision (fp16, bf16, int8) is judged on", minimum=1),
 )
 
 FORMATS: tuple[Format, ...] = (
     Format("onnx", ("onnx-fp32",), ".onnx", False, "ONNX fp32, two inputs, dynamic batch, metadata",
-           _ONNX_OPTIONS),
+           _ONNX_OPTIONS, build_onnx),
     Format("onnx-int8", ("int8", "onnx_int8", "onnxint8"), ".int8.onnx", False,
            "ONNX static INT8 (QDQ, per-channel) for CPU onnxruntime; needs --data for calibration",
-           _ONNX_OPTIONS + _INT8_OPTIONS),
+           _ONNX_OPTIONS + _INT8_OPTIONS, build_int8),
     Format("trt", ("tensorrt", "engine", "trt-engine"), ".engine", True,
            "TensorRT 10/11 engine (strongly typed; precision baked into the ONNX); needs tensorrt and CUDA",
-           _ONNX_OPTIONS + _TRT_OPTIONS),
+           _ONNX_OPTIONS + _TRT_OPTIONS, export_engine, "tensorrt", require_tensorrt),
 )
 
 _BY_NAME: dict[str, Format] = {n: f for f in FORMATS for n in (f.name, *f.aliases)}
@@ -175,34 +210,84 @@ def validate_options(fmt: Format, opts: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _quantised(o: dict[str, Any]) -> bool:
+    """Whether the export calibrates INT8 (a format with ``calib_samples``, at precision int8 where it has one)."""
+    return "calib_samples" in o and o.get("precision", "int8") == "int8"
+
+
 def _check_combinations(fmt: Format, o: dict[str, Any]) -> None:
-    if fmt.name == "onnx-int8" and o["data"] is None:
-        raise ConfigError("format 'onnx-int8' needs data=DIR (--data): calibration tiles from a data set")
+    if _quantised(o) and o["data"] is None:
+        raise ConfigError(f"format {fmt.name!r}" + (" with precision int8" if "precision" in o else "") +
+                          " needs data=DIR (--data): calibration tiles from a data set")
     if o["opset"] is not None:
         lo, hi = (18, 23) if o["exporter"] == "dynamo" else (13, 20)
         if not lo <= o["opset"] <= hi:
             raise ConfigError(f"opset {o['opset']} is outside {lo}..{hi} for the {o['exporter']} exporter")
-        if fmt.name == "onnx-int8" or o.get("precision") == "int8":
-            if o["opset"] > 20:
-                raise ConfigError(f"opset {o['opset']}: onnxruntime static INT8 quantisation needs opset <= 20")
-    if fmt.name == "trt":
+        if _quantised(o) and o["opset"] > 20:
+            raise ConfigError(f"opset {o['opset']}: onnxruntime static INT8 quantisation needs opset <= 20")
+    if "batch_min" in o:
         if not o["batch_min"] <= o["batch_opt"] <= o["batch_max"]:
             raise ConfigError(f"batch range must satisfy batch_min <= batch_opt <= batch_max, got "
                               f"{o['batch_min']} / {o['batch_opt']} / {o['batch_max']}")
-        if o["precision"] == "int8" and o["data"] is None:
-            raise ConfigError("format 'trt' with precision int8 needs data=DIR (--data) for calibration")
-        if o["weak_typing"] and o["precision"] == "bf16":
-            raise ConfigError("weak_typing supports fp32, fp16 and int8 only (bf16 needs the strongly typed path)")
+    if o.get("weak_typing") and o.get("precision") == "bf16":
+        raise ConfigError("weak_typing supports fp32, fp16 and int8 only (bf16 needs the strongly typed path)")
 
 
 def default_output(checkpoint: str | os.PathLike, fmt: Format, out: str | os.PathLike | None) -> Path:
-    """Where the artifact goes: ``out``, a file inside ``out`` when it is a folder, else beside the checkpoint."""
+    """Where the artifact goes: ``out``, inside ``out`` for a folder (or a new name without suffix), else by the ckpt.
+
+    Raises:
+        ConfigError: a file name whose suffix the runtime would not load with this format's backend.
+    """
     ckpt = Path(checkpoint)
     stem = ckpt.name[: -len(ckpt.suffix)] if ckpt.suffix else ckpt.name
     if out is None:
         return ckpt.with_name(stem + fmt.suffix)
     out = Path(out)
-    return out / (stem + fmt.suffix) if out.is_dir() else out
+    folder = out.is_dir() or (not out.exists() and not out.suffix)
+    path = out / (stem + fmt.suffix) if folder else out
+    from esccs.runtime.model import SUFFIX_BACKEND
+
+    if SUFFIX_BACKEND.get(path.suffix.lower()) != fmt.backend:
+        ends = sorted(k for k, v in SUFFIX_BACKEND.items() if v == fmt.backend)
+        raise ConfigError(f"{path}: {fmt.name} artifacts must end in {' or '.join(ends)} (the runtime picks its "
+                          "backend by the suffix)")
+    return path
+
+
+@dataclass(frozen=True)
+class TableOption:
+    """One option of the whole table (``esccs export`` has one flag per option).
+
+    Attributes:
+        option: the option (its first row in the table).
+        formats: the formats that take it.
+        defaults: its default in each of those formats.
+    """
+
+    option: Option
+    formats: tuple[str, ...]
+    defaults: dict[str, Any]
+
+    def shown_default(self) -> str:
+        """The default for ``--help``: one value, or one per format where they differ."""
+        if len({repr(d) for d in self.defaults.values()}) == 1:
+            return self.option.shown_default()
+        by = {f: next(o for o in get_format(f).options if o.name == self.option.name) for f in self.formats}
+        return ", ".join(f"{f} {by[f].shown_default()}" for f in self.formats)
+
+
+def table_options() -> list[TableOption]:
+    """Every option of :data:`FORMATS` once, in table order, with the formats that take it and their defaults."""
+    seen: dict[str, TableOption] = {}
+    for f in FORMATS:
+        for o in f.options:
+            if o.name in seen:
+                t = seen[o.name]
+                seen[o.name] = TableOption(t.option, (*t.formats, f.name), {**t.defaults, f.name: o.default})
+            else:
+                seen[o.name] = TableOption(o, (f.name,), {f.name: o.default})
+    return list(seen.values())
 
 
 def format_table() -> str:

@@ -1,8 +1,9 @@
 """PyTorch -> ONNX: dynamo exporter (legacy as a tested fallback), optional baked preprocessing, metadata, checks.
 
-Graph contract: inputs ``optical`` ``(B, C_o, H, W)`` and ``sar`` ``(B, C_s, H, W)`` sharing one batch symbol (and
-height/width when the spatial size is dynamic); outputs ``logits`` ``(B, K)``, ``probs`` ``(B, K)`` and
-``modality_weights`` ``(B, 2)`` = ``[w_optical, w_sar]``. Weights are embedded (one file). The model runs in eval
+Graph contract (names, shapes and metadata keys: :mod:`esccs.spec`, ``INPUT_NAMES`` ... ``METADATA_KEYS``): inputs
+``optical`` ``(B, C_o, H, W)`` and ``sar`` ``(B, C_s, H, W)`` sharing one batch symbol (and height/width when the
+spatial size is dynamic); outputs ``logits`` ``(B, K)``, ``probs`` ``(B, K)`` and ``modality_weights`` ``(B, 2)`` =
+``[w_optical, w_sar]``. Weights are embedded (one file). The model runs in eval
 mode; fused Triton ops take their reference path by themselves while an export is running.
 """
 
@@ -18,10 +19,10 @@ from typing import Any
 
 import esccs
 from esccs.export.errors import ExportError
+from esccs.export.job import Built
+from esccs.io.atomic import atomic_path
+from esccs.spec import ARTIFACT_SCHEMA_VERSION, INPUT_NAMES, METADATA_KEYS, MODALITY_WEIGHTS_ORDER, OUTPUT_NAMES
 
-SCHEMA_VERSION = 1
-INPUT_NAMES: tuple[str, ...] = ("optical", "sar")
-OUTPUT_NAMES: tuple[str, ...] = ("logits", "probs", "modality_weights")
 DEFAULT_OPSET = {"dynamo": 18, "legacy": 17}  # 18: the dynamo op library's floor; both <= 20 for ORT static INT8
 MAX_BATCH = 4096
 
@@ -105,14 +106,14 @@ def _export_dynamo(module, cfg, path: Path, opset: int, spatial: bool) -> None:
     with _quiet(), torch.no_grad():
         torch.onnx.export(module, _example(cfg), str(path), dynamo=True, external_data=False, opset_version=opset,
                           input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES), verbose=False,
-                          dynamic_shapes={"optical": dict(dims), "sar": dict(dims)})
+                          dynamic_shapes={name: dict(dims) for name in INPUT_NAMES})
 
 
 def _export_legacy(module, cfg, path: Path, opset: int, spatial: bool) -> None:
     import torch
 
     axes = {0: "batch", **({2: "height", 3: "width"} if spatial else {})}
-    dynamic_axes = {"optical": axes, "sar": axes, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
+    dynamic_axes = {**{name: axes for name in INPUT_NAMES}, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
     with _quiet(), torch.no_grad():
         torch.onnx.export(module, _example(cfg), str(path), dynamo=False, opset_version=opset,
                           input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
@@ -175,10 +176,15 @@ def export_graph(module, cfg, path: Path, *, exporter: str, explicit_exporter: b
 
 def build_metadata(cfg, info: dict[str, Any], checkpoint_sha256: str, preprocess: bool,
                    precision: str = "fp32") -> dict[str, str]:
-    """The ``metadata_props`` of an esccs ONNX file (values are strings; lists and dicts as JSON)."""
+    """The ``metadata_props`` of an esccs ONNX file: :data:`esccs.spec.METADATA_KEYS` (strings; lists, dicts as JSON).
+
+    Raises:
+        ExportError: the entries drifted from :data:`esccs.spec.METADATA_KEYS` (a bug caught before anything ships).
+    """
     spatial = ["height", "width"] if info["dynamic_spatial"] else [cfg.patch_size, cfg.patch_size]
-    return {
-        "esccs_schema_version": str(SCHEMA_VERSION),
+    k, chans = cfg.n_classes, dict(zip(INPUT_NAMES, (cfg.in_chans, cfg.sar_chans)))
+    meta = {
+        "esccs_schema_version": str(ARTIFACT_SCHEMA_VERSION),
         "esccs_version": esccs.__version__,
         "checkpoint_sha256": checkpoint_sha256,
         "classes": json.dumps(list(cfg.classes or [])),
@@ -189,14 +195,16 @@ def build_metadata(cfg, info: dict[str, Any], checkpoint_sha256: str, preprocess
         "input_units": json.dumps({"optical": "raw DN", "sar": "dB"} if preprocess else "normalised"),
         "patch_size": str(cfg.patch_size),
         "model_config": json.dumps(cfg.to_dict()),
-        "inputs": json.dumps({"optical": ["batch", cfg.in_chans, *spatial], "sar": ["batch", cfg.sar_chans, *spatial]}),
-        "outputs": json.dumps({"logits": ["batch", cfg.n_classes], "probs": ["batch", cfg.n_classes],
-                               "modality_weights": ["batch", 2]}),
-        "modality_weights_order": json.dumps(["optical", "sar"]),
+        "inputs": json.dumps({name: ["batch", c, *spatial] for name, c in chans.items()}),
+        "outputs": json.dumps(dict(zip(OUTPUT_NAMES, (["batch", k], ["batch", k], ["batch", 2])))),
+        "modality_weights_order": json.dumps(list(MODALITY_WEIGHTS_ORDER)),
         "opset": str(info["opset"]),
         "exporter": info["exporter"],
         "precision": precision,
     }
+    if tuple(meta) != METADATA_KEYS:
+        raise ExportError(f"metadata keys {sorted(set(meta) ^ set(METADATA_KEYS))} differ from esccs.spec")
+    return meta
 
 
 def finish_model(path: Path, metadata: dict[str, str], simplify: bool) -> dict[str, Any]:
@@ -267,3 +275,14 @@ def write_onnx(model, cfg, path: Path, opts: dict[str, Any], checkpoint_sha256: 
     metadata = build_metadata(cfg, info, checkpoint_sha256, opts["preprocess"])
     info.update(finish_model(path, metadata, opts["simplify"]))
     return {**info, "metadata": metadata}
+
+
+def build_onnx(job) -> Built:
+    """The ``onnx`` format's builder: fp32 ONNX, checked through :mod:`esccs.runtime`, then renamed into place."""
+    from esccs.export.parity import check_artifact
+
+    with atomic_path(job.path) as tmp:
+        info = write_onnx(job.model, job.cfg, tmp, job.options, job.sha)
+        parity = check_artifact(tmp, job.model, job.tiles, "fp32")
+        job.strict(parity)
+    return Built(info, parity)

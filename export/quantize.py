@@ -1,12 +1,15 @@
-"""Static INT8 quantisation with onnxruntime (QDQ, per-channel weights) and its accuracy and speed report.
+"""Static INT8 quantisation with onnxruntime (QDQ, per-channel weights) and its speed report.
 
 Calibration reads real tiles of the data set. Preprocessing nodes (NaN cleaning, clip, normalisation) and the
 softmax / modality-gate nodes stay fp32 (their op types are left out of the quantised set), as do the graph's I/O.
 CPU INT8 keeps onnxruntime's defaults (uint8 activations, int8 weights); the TensorRT recipe is symmetric int8.
+Whether the quantised model is good enough is judged in :mod:`esccs.export.parity` (OA loss and top-1 agreement on
+the evaluation tiles).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import tempfile
@@ -17,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from esccs.export.errors import ExportError
-from esccs.export.parity import compare, ort_session, run_ort
+from esccs.export.job import Built
 from esccs.export.tiles import Tiles
+from esccs.io.atomic import atomic_path
 
 #: op types kept in fp32: preprocessing, softmax, the modality gate (argmax/gather/sigmoid) and their neighbours
 KEEP_FP32 = frozenset({"Clip", "Sub", "Div", "Where", "IsNaN", "Softmax", "LogSoftmax", "Sigmoid", "ArgMax",
@@ -94,57 +98,69 @@ def quantize_int8(fp32_path: str | os.PathLike, out_path: str | os.PathLike, cal
             "pre_process": note or "quant_pre_process", "kept_fp32_op_types": sorted(KEEP_FP32)}
 
 
-def _median_seconds(session, feeds: dict[str, np.ndarray], reps: int) -> float:
+def _median_seconds(model, tiles: Tiles, reps: int) -> float:
+    optical, sar = tiles.raw["optical"], tiles.raw["sar"]
     for _ in range(2):  # warm-up: first runs allocate and pick kernels
-        session.run(None, feeds)
+        model.predict(optical, sar)
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        session.run(None, feeds)
+        model.predict(optical, sar)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def _accuracy(outputs: dict[str, np.ndarray], labels: np.ndarray) -> float | None:
-    known = labels >= 0
-    if not known.any():
-        return None
-    return float((outputs["logits"].argmax(1)[known] == labels[known]).mean())
-
-
-def int8_report(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, evaluation: Tiles, speed: Tiles,
-                preprocessed: bool, reps: int = 10) -> dict[str, Any]:
-    """INT8 vs fp32 onnxruntime: overall accuracy on labelled tiles, top-1 agreement and speed (one run).
+def speed_report(fp32_path: str | os.PathLike, int8_path: str | os.PathLike, speed: Tiles,
+                 reps: int = 10) -> dict[str, Any]:
+    """INT8 vs fp32 speed on one batch, both loaded by :mod:`esccs.runtime` on CPU (what ``esccs infer`` runs).
 
     Returns:
-        ``{"accuracy": {...}, "speed": {...}}``; the speed ratio is fp32 time / INT8 time on the same batch (> 1:
-        INT8 is faster), median of ``reps`` runs after two warm-up runs, onnxruntime default threads.
+        The speed ratio is fp32 time / INT8 time on the same batch (> 1: INT8 is faster), median of ``reps`` runs
+        after two warm-up runs, in one run on this machine, the runtime's default thread count.
     """
-    fp32, int8 = ort_session(fp32_path), ort_session(int8_path)
-    feeds = evaluation.feeds(preprocessed)
-    out32, out8 = run_ort(fp32, feeds), run_ort(int8, feeds)
-    oa32, oa8 = _accuracy(out32, evaluation.labels), _accuracy(out8, evaluation.labels)
-    agreement = compare(out32, out8, "int8")
-    accuracy = {"tiles": len(evaluation), "labelled": int((evaluation.labels >= 0).sum()), "source": evaluation.source,
-                "oa_fp32": oa32, "oa_int8": oa8,
-                "oa_delta_points": None if oa32 is None else round(100 * (oa8 - oa32), 3),
-                "top1_agreement_vs_fp32": agreement["top1_agreement"],
-                "max_abs_prob_diff_vs_fp32": agreement["max_abs_prob_diff"], "goal_oa_delta_points": 1.0}
-    sfeeds = speed.feeds(preprocessed)
-    t32, t8 = _median_seconds(fp32, sfeeds, reps), _median_seconds(int8, sfeeds, reps)
-    speed_report = {"batch": len(speed), "reps": reps, "statistic": "median", "runs": 1,
-                    "fp32_ms": round(1000 * t32, 3), "int8_ms": round(1000 * t8, 3),
-                    "fp32_samples_per_s": round(len(speed) / t32, 1), "int8_samples_per_s": round(len(speed) / t8, 1),
-                    "speedup_int8_vs_fp32": round(t32 / t8, 3), "threads": "onnxruntime default",
-                    "cpu_count": os.cpu_count()}
-    return {"accuracy": accuracy, "speed": speed_report}
+    from esccs.export.parity import load_artifact
+
+    with load_artifact(fp32_path) as fp32, load_artifact(int8_path) as int8:
+        t32, t8 = _median_seconds(fp32, speed, reps), _median_seconds(int8, speed, reps)
+        threads = int8.backend.settings.get("intra_op_threads")
+    return {"batch": len(speed), "reps": reps, "statistic": "median", "runs": 1,
+            "fp32_ms": round(1000 * t32, 3), "int8_ms": round(1000 * t8, 3),
+            "fp32_samples_per_s": round(len(speed) / t32, 1), "int8_samples_per_s": round(len(speed) / t8, 1),
+            "speedup_int8_vs_fp32": round(t32 / t8, 3), "threads": threads, "cpu_count": os.cpu_count()}
 
 
-def int8_line(report: dict[str, Any]) -> str:
-    """One printed line of the INT8 report."""
-    a, s = report["accuracy"], report["speed"]
-    oa = ("OA n/a (no labels matching the model's classes)" if a["oa_fp32"] is None else
-          f"OA fp32 {a['oa_fp32']:.2%} -> int8 {a['oa_int8']:.2%} ({a['oa_delta_points']:+.2f} points, goal >= -1)")
-    return (f"int8 vs fp32 on {a['tiles']} tiles: {oa}, top-1 agreement {a['top1_agreement_vs_fp32']:.2%}; "
-            f"speed at batch {s['batch']}: fp32 {s['fp32_ms']:.1f} ms, int8 {s['int8_ms']:.1f} ms "
-            f"({s['speedup_int8_vs_fp32']:.2f}x, median of {s['reps']}, one run)")
+def speed_line(report: dict[str, Any]) -> str:
+    """One printed line of the INT8 vs fp32 speed report."""
+    return (f"int8 speed at batch {report['batch']}: fp32 {report['fp32_ms']:.1f} ms, int8 {report['int8_ms']:.1f} ms "
+            f"({report['speedup_int8_vs_fp32']:.2f}x, median of {report['reps']}, one run, {report['threads']} "
+            "threads)")
+
+
+def build_int8(job) -> Built:
+    """The ``onnx-int8`` format's builder: fp32 ONNX (checked) -> static INT8 -> judged on the evaluation tiles.
+
+    The verdict is the INT8 model's OA loss and top-1 agreement against PyTorch fp32 on ``eval_samples`` test tiles
+    (:data:`esccs.export.parity.GOALS`); the fp32 graph it was quantised from must pass its own strict check too.
+    """
+    from esccs.export.onnx import build_metadata, finish_model, write_onnx
+    from esccs.export.parity import check_artifact
+
+    o = job.options
+    calib, evaluation = job.calibration(), job.evaluation()
+    with tempfile.TemporaryDirectory(prefix="esccs-export-") as tmpdir:
+        fp32 = Path(tmpdir) / "fp32.onnx"
+        info = write_onnx(job.model, job.cfg, fp32, o, job.sha)
+        info["fp32_parity"] = fp32_parity = check_artifact(fp32, job.model, job.tiles, "fp32")
+        with atomic_path(job.path) as tmp:
+            recipe = quantize_int8(fp32, tmp, calib, o["preprocess"])
+            meta = {**build_metadata(job.cfg, info, job.sha, o["preprocess"], "int8"),
+                    "quantization": json.dumps(recipe)}
+            info.update(finish_model(tmp, meta, simplify=False), quantization=recipe, metadata=meta)
+            parity = check_artifact(tmp, job.model, evaluation, "int8")
+            if not fp32_parity["passed"]:
+                why = "the fp32 graph it was quantised from failed its parity check (" + \
+                      "; ".join(fp32_parity["failures"]) + ")"
+                parity = {**parity, "verdict": "fail", "passed": False, "failures": [why, *parity["failures"]]}
+            job.strict(parity)
+            speed = speed_report(fp32, tmp, job.tiles.take(o["speed_batch"]), o["speed_reps"])
+    return Built(info, parity, speed)

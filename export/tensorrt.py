@@ -15,16 +15,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-import esccs
-from esccs.errors import ConfigError, DependencyMissingError
-from esccs.export.errors import EngineMismatchError, ExportError
-from esccs.io.atomic import atomic_path, write_bytes, write_json
-from esccs.io.engine_sidecar import check_engine_sidecar as _check_sidecar
-from esccs.io.engine_sidecar import read_engine_sidecar, sidecar_path, trt_major
+from esccs.errors import ConfigError
+from esccs.export.errors import ExportError
+from esccs.export.job import Built
+from esccs.io.atomic import atomic_path, write_bytes
+from esccs.io.engine_sidecar import build_engine_sidecar, sidecar_path, staged_engine, trt_major
+from esccs.spec import INPUT_NAMES
 
-__all__ = ["check_engine_sidecar", "sidecar_path", "trt_major"]  # shared with the runtime via esccs.io
-
-SIDECAR_SCHEMA = 1
 HW_COMPAT = {"none": None, "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 COSTS = {
     "version_compatible": "version-compatible engine: embeds a lean runtime, runs on later TensorRT versions, can be "
@@ -40,17 +37,15 @@ FP16_BLOCK = ["Clip", "Sub", "Div", "Where", "IsNaN", "Softmax", "LogSoftmax", "
 
 def require_tensorrt():
     """Import ``tensorrt`` or raise the one-line install hint (it also needs a CUDA GPU and driver)."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise DependencyMissingError("tensorrt", "gpu", "--format trt (also needs a CUDA GPU and driver)") from None
-    return tensorrt
+    from esccs.runtime.backends.tensorrt_backend import import_tensorrt
+
+    return import_tensorrt("--format trt (also needs a CUDA GPU and driver)")
 
 
 def input_shapes(cfg) -> dict[str, tuple[int, int, int]]:
     """Per-input ``(C, H, W)`` of the engine (spatial size fixed at the training patch size)."""
     p = cfg.patch_size
-    return {"optical": (cfg.in_chans, p, p), "sar": (cfg.sar_chans, p, p)}
+    return dict(zip(INPUT_NAMES, ((cfg.in_chans, p, p), (cfg.sar_chans, p, p))))
 
 
 def profile_shapes(shapes: dict[str, tuple[int, ...]], batch_min: int, batch_opt: int,
@@ -87,34 +82,6 @@ def precision_recipe(precision: str, weak_typing: bool, major: int) -> dict[str,
             "builder_flags": flags, "tf32": False}
 
 
-def gpu_info() -> dict[str, Any]:
-    """Name and compute capability of CUDA device 0 (through torch)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ExportError("--format trt needs a CUDA GPU, and none is visible to torch")
-    major, minor = torch.cuda.get_device_capability(0)
-    return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
-
-
-def engine_sidecar(*, trt_version: str, gpu: dict[str, Any], profiles: dict, recipe: dict, onnx_file: str,
-                   onnx_sha256: str, checkpoint_sha256: str, version_compatible: bool, hardware_compat: str,
-                   workspace_gb: float, metadata: dict[str, str]) -> dict[str, Any]:
-    """The JSON written beside an engine (and read by :func:`check_engine_sidecar`)."""
-    return {"format": "esccs-tensorrt-engine", "schema": SIDECAR_SCHEMA, "esccs_version": esccs.__version__,
-            "tensorrt_version": trt_version, "gpu": gpu, "profiles": [profiles], "precision": recipe,
-            "source_onnx": {"file": onnx_file, "sha256": onnx_sha256}, "checkpoint_sha256": checkpoint_sha256,
-            "compatibility": {"version_compatible": version_compatible, "hardware": hardware_compat},
-            "workspace_gb": workspace_gb, "metadata": metadata}
-
-
-def check_engine_sidecar(engine_path: str | os.PathLike, trt_version: str | None = None,
-                         gpu: dict[str, Any] | None = None) -> dict[str, Any]:
-    """:func:`esccs.io.engine_sidecar.check_engine_sidecar` with the running TensorRT and GPU as defaults."""
-    read_engine_sidecar(engine_path)  # a missing sidecar is reported before TensorRT or a GPU is needed
-    return _check_sidecar(engine_path, trt_version or require_tensorrt().__version__, gpu or gpu_info())
-
-
 def to_fp16_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Convert an fp32 ONNX to fp16 keeping I/O and :data:`FP16_BLOCK` op types fp32.
 
@@ -149,21 +116,6 @@ def to_bf16_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     onnx.save(model, str(dst))
 
 
-def _collecting_logger(trt):
-    class Collect(trt.ILogger):
-        """A TensorRT logger that keeps errors so a failure reads as one line."""
-
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-
-        def log(self, severity, msg) -> None:
-            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
-                self.errors.append(str(msg).strip())
-
-    return Collect()
-
-
 def _configure(trt, builder, config, profiles: dict, o: dict[str, Any], recipe: dict, print_fn) -> None:
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(o["workspace"] * (1 << 30)))
     if hasattr(trt.BuilderFlag, "TF32"):
@@ -189,8 +141,10 @@ def build_engine(onnx_path: Path, profiles: dict, recipe: dict, o: dict[str, Any
     Raises:
         ExportError: parse or build failure, with TensorRT's collected error messages in one line.
     """
+    from esccs.runtime.backends.tensorrt_backend import collecting_logger
+
     trt = require_tensorrt()
-    logger = _collecting_logger(trt)
+    logger = collecting_logger(trt)
     builder = trt.Builder(logger)
     flags = 0
     if recipe["typing"] == "strong" and trt_major(trt.__version__) < 11:  # always strongly typed on 11
@@ -211,104 +165,81 @@ def build_engine(onnx_path: Path, profiles: dict, recipe: dict, o: dict[str, Any
     return bytes(plan)
 
 
-def run_engine(plan: bytes, feeds: dict, batch_max: int, host_code: bool = False) -> dict:
-    """Run a serialized engine on numpy ``feeds`` with torch CUDA buffers (named-tensor API, a side stream)."""
-    import numpy as np
-    import torch
-
-    from esccs.export.onnx import OUTPUT_NAMES
-
-    trt = require_tensorrt()
-    logger = _collecting_logger(trt)
-    runtime = trt.Runtime(logger)
-    runtime.engine_host_code_allowed = host_code  # version-compatible plans carry host code
-    engine = runtime.deserialize_cuda_engine(plan)
-    if engine is None:
-        raise EngineMismatchError("TensorRT could not load the engine: " + " | ".join(logger.errors)[:600])
-    context = engine.create_execution_context()
-    stream = torch.cuda.Stream()
-    n = len(next(iter(feeds.values())))
-    parts: dict[str, list] = {name: [] for name in OUTPUT_NAMES}
-    for i in range(0, n, batch_max):
-        inputs = {k: torch.from_numpy(np.ascontiguousarray(v[i:i + batch_max])).cuda() for k, v in feeds.items()}
-        for name, t in inputs.items():
-            context.set_input_shape(name, tuple(t.shape))
-            context.set_tensor_address(name, t.data_ptr())
-        outs = {name: torch.empty(tuple(context.get_tensor_shape(name)), dtype=torch.float32, device="cuda")
-                for name in OUTPUT_NAMES}
-        for name, t in outs.items():
-            context.set_tensor_address(name, t.data_ptr())
-        torch.cuda.current_stream().synchronize()  # inputs were copied on the default stream
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise ExportError("TensorRT execute_async_v3 failed: " + " | ".join(logger.errors)[:600])
-        stream.synchronize()
-        for name, t in outs.items():
-            parts[name].append(t.cpu().numpy())
-    return {name: np.concatenate(v) for name, v in parts.items()}
-
-
-def _precision_onnx(model, cfg, sha: str, o: dict, recipe: dict, ds, dst: Path) -> dict[str, Any]:
+def _precision_onnx(job, recipe: dict, dst: Path) -> dict[str, Any]:
     """Write the ONNX the engine is built from (fp32, fp16, bf16 or symmetric int8) to ``dst``."""
+    import json
     import tempfile
 
     from esccs.export.onnx import build_metadata, finish_model, write_onnx
     from esccs.export.quantize import quantize_int8
-    from esccs.export.tiles import read_tiles
 
+    o = job.options
     with tempfile.TemporaryDirectory(prefix="esccs-trt-") as tmpdir:
         fp32 = Path(tmpdir) / "fp32.onnx"
-        info = write_onnx(model, cfg, fp32, o, sha)
+        info = write_onnx(job.model, job.cfg, fp32, o, job.sha)
         precision = recipe["onnx"].split()[0]
         if precision == "fp32":
             dst.write_bytes(fp32.read_bytes())
             return info
+        meta = build_metadata(job.cfg, info, job.sha, o["preprocess"], precision)
         if precision == "int8":
-            calib = read_tiles(ds, cfg, o["calib_samples"], split="train")
-            info["quantization"] = quantize_int8(fp32, dst, calib, o["preprocess"], symmetric=True)
+            info["quantization"] = quantize_int8(fp32, dst, job.calibration(), o["preprocess"], symmetric=True)
+            meta["quantization"] = json.dumps(info["quantization"])
         else:
             (to_fp16_onnx if precision == "fp16" else to_bf16_onnx)(fp32, dst)
-        meta = build_metadata(cfg, info, sha, o["preprocess"], precision)
         info.update(finish_model(dst, meta, simplify=False), metadata=meta)
     return info
 
 
-def export_engine(model, cfg, sha: str, o: dict[str, Any], path: Path, ds, tiles, print_fn) -> tuple:
-    """Precision-baked ONNX (kept beside the engine, checked in onnxruntime) -> engine -> parity -> sidecar.
+def engine_metadata(info: dict[str, Any], o: dict[str, Any], cfg) -> dict[str, str]:
+    """The engine's artifact metadata: its ONNX's, with the engine's precision and fixed input shapes.
 
-    Returns:
-        ``(info, parity, sidecars)`` for :class:`esccs.export.ExportResult`.
+    A weakly typed fp16 engine is built from an fp32 ONNX, and the profile fixes height and width at the patch size
+    even when the ONNX was dynamic; the runtime reads both from here.
     """
-    from esccs.export.parity import check_parity, compare, run_torch
-    from esccs.models import checkpoint_sha256
+    import json
 
+    inputs = {name: ["batch", *chw] for name, chw in input_shapes(cfg).items()}
+    return {**info["metadata"], "precision": o["precision"], "inputs": json.dumps(inputs)}
+
+
+def export_engine(job) -> Built:
+    """The ``trt`` format's builder: precision-baked ONNX (kept beside the engine) -> engine -> check -> sidecar.
+
+    The engine is checked by the runtime's own :class:`~esccs.runtime.backends.tensorrt_backend.TensorRTBackend`
+    (:func:`esccs.runtime.load_model` on the staged engine and its sidecar): fp32 against PyTorch on the parity
+    batch, a reduced precision on the evaluation tiles (:data:`esccs.export.parity.GOALS`). Only then are the engine
+    and its sidecar renamed into place.
+    """
+    from esccs.export.parity import check_artifact, reduced
+    from esccs.models import checkpoint_sha256
+    from esccs.runtime.backends.tensorrt_backend import gpu_info
+
+    o, path, model = job.options, job.path, job.model
     trt = require_tensorrt()
     recipe = precision_recipe(o["precision"], o["weak_typing"], trt_major(trt.__version__))
     gpu = gpu_info()
-    profiles = profile_shapes(input_shapes(cfg), o["batch_min"], o["batch_opt"], o["batch_max"])
-    onnx_path = path.with_name(f"{path.stem}.{recipe['onnx'].split()[0]}.onnx")
+    profiles = profile_shapes(input_shapes(job.cfg), o["batch_min"], o["batch_opt"], o["batch_max"])
+    onnx_precision = recipe["onnx"].split()[0]
+    judged = job.evaluation() if reduced(o["precision"]) else job.tiles
+    onnx_path = path.with_name(f"{path.stem}.{onnx_precision}.onnx")
     with atomic_path(onnx_path) as tmp:
-        info = _precision_onnx(model, cfg, sha, o, recipe, ds, tmp)
-        onnx_precision = recipe["onnx"].split()[0]
+        info = _precision_onnx(job, recipe, tmp)
         try:
-            info["onnx_parity"] = check_parity(tmp, model, tiles, o["preprocess"], onnx_precision)
+            info["onnx_parity"] = check_artifact(tmp, model, job.evaluation() if reduced(onnx_precision) else
+                                                 job.tiles, onnx_precision)
         except Exception as err:  # noqa: BLE001 - e.g. fp16/bf16 kernels missing in CPU onnxruntime
             info["onnx_parity"] = {"checked": False, "reason": f"{type(err).__name__}: {str(err)[:200]}"}
     cache_path = Path(o["timing_cache"]) if o["timing_cache"] else path.with_name(path.stem + ".timing.cache")
-    plan = build_engine(onnx_path, profiles, recipe, o, cache_path, print_fn)
-    got = run_engine(plan, tiles.feeds(o["preprocess"]), o["batch_max"], o["version_compatible"])
-    parity = {**compare(run_torch(model, tiles), got, o["precision"]), "provider": "TensorRT",
-              "tiles": {"source": tiles.source, "count": len(tiles), "ids": tiles.ids[:64]},
-              "reference": "torch eval, fp32, CPU", "input": "raw DN / dB" if o["preprocess"] else "normalised"}
-    if o["strict"] and not parity["passed"]:
-        from esccs.export.errors import ParityError
-        from esccs.export.parity import parity_line
-
-        raise ParityError("strict: " + parity_line(parity) + f"; engine not written ({onnx_path} kept)")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(plan)
-    side = write_json(sidecar_path(path), engine_sidecar(
+    plan = build_engine(onnx_path, profiles, recipe, o, cache_path, job.print_fn)
+    sidecar = build_engine_sidecar(
         trt_version=trt.__version__, gpu=gpu, profiles=profiles, recipe=recipe, onnx_file=onnx_path.name,
-        onnx_sha256=checkpoint_sha256(onnx_path), checkpoint_sha256=sha, version_compatible=o["version_compatible"],
-        hardware_compat=o["hardware_compat"], workspace_gb=o["workspace"], metadata=info.get("metadata", {})))
+        onnx_sha256=checkpoint_sha256(onnx_path), checkpoint_sha256=job.sha, version_compatible=o["version_compatible"],
+        hardware_compat=o["hardware_compat"], workspace_gb=o["workspace"], metadata=engine_metadata(info, o, job.cfg))
+    with staged_engine(path, plan, sidecar) as staged:
+        parity = check_artifact(staged, model, judged, o["precision"], backend="tensorrt", device="cuda",
+                                host_code=o["version_compatible"])
+        job.strict(parity, f"engine not written ({onnx_path} kept)")
+    side = sidecar_path(path)
     info = {**info, "engine_sidecar": str(side), "source_onnx": str(onnx_path), "timing_cache": str(cache_path)}
-    return info, parity, [side, onnx_path, cache_path]
+    return Built(info, parity, sidecars=[side, onnx_path, cache_path])

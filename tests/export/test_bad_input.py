@@ -68,7 +68,7 @@ def test_trt_without_tensorrt_is_a_one_line_hint(checkpoint, tmp_path):
 
 
 def test_failing_parity_is_loud_and_strict_is_an_error(checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setitem(parity_mod.GOALS, "fp32", {"max_abs_logit": -1.0, "top1_agreement": 1.0})
+    monkeypatch.setitem(parity_mod.GOALS, "fp32", {"max_abs_logit": -1.0, "min_agreement": 1.0})
     with pytest.raises(ParityError, match="parity FAIL"):
         export_model(checkpoint, "onnx", tmp_path / "s.onnx", exporter="legacy", strict=True, print_fn=None)
     assert list(tmp_path.iterdir()) == []  # nothing half-written

@@ -72,6 +72,23 @@ def test_default_output(tmp_path):
     assert default_output(ckpt, get_format("onnx"), None) == tmp_path / "runs" / "m.onnx"
     assert default_output(ckpt, get_format("int8"), tmp_path) == tmp_path / "m.int8.onnx"
     assert default_output(ckpt, get_format("trt"), tmp_path / "x.plan") == tmp_path / "x.plan"
+    assert default_output(ckpt, get_format("int8"), tmp_path / "new") == tmp_path / "new" / "m.int8.onnx"
+    with pytest.raises(ConfigError, match=r"x.trt: trt artifacts must end in .engine or .plan \(the runtime picks"):
+        default_output(ckpt, get_format("trt"), tmp_path / "x.trt")
+    with pytest.raises(ConfigError, match="m.int8: onnx-int8 artifacts must end in .onnx "):
+        default_output(ckpt, get_format("int8"), tmp_path / "m.int8")
+
+
+def test_every_row_names_its_builder_and_the_runtime_backend_that_loads_it():
+    from esccs.export.onnx import build_onnx
+    from esccs.export.quantize import build_int8
+    from esccs.export.tensorrt import export_engine, require_tensorrt
+    from esccs.runtime.model import SUFFIX_BACKEND
+
+    assert {f.name: f.builder for f in FORMATS} == {"onnx": build_onnx, "onnx-int8": build_int8, "trt": export_engine}
+    assert {f.name: f.preflight for f in FORMATS} == {"onnx": None, "onnx-int8": None, "trt": require_tensorrt}
+    for f in FORMATS:
+        assert SUFFIX_BACKEND["." + f.suffix.rsplit(".", 1)[1]] == f.backend  # the default name loads
 
 
 def test_table_lists_every_format():

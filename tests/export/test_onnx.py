@@ -5,15 +5,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from ex_helpers import ort_run, ort_session
 
 from esccs.data.transforms import Normalizer
 from esccs.export import ExportError, export_model
 from esccs.export import onnx as onnx_mod
 from esccs.export.onnx import read_metadata
-from esccs.export.parity import compare, ort_session, run_ort, run_torch
+from esccs.export.parity import compare, run_torch
 from esccs.export.tiles import open_tiles, read_tiles
 from esccs.models import ExportWrapper, checkpoint_sha256, load_checkpoint
 from esccs.ops import _dispatch
+from esccs.spec import INPUT_NAMES, METADATA_KEYS, OUTPUT_NAMES
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
 
@@ -31,9 +33,10 @@ def test_parity_per_batch(request, which, batch, model_and_tiles):
     model, cfg, tiles = model_and_tiles
     part = tiles.take(batch)
     ref = run_torch(model, part)
-    got = run_ort(ort_session(result.path), part.feeds(result.info["options"]["preprocess"]), batch=batch)
+    got = ort_run(result.path, part.feeds(result.info["options"]["preprocess"]), batch=batch)
     assert got["logits"].shape == (batch, cfg.n_classes) and got["modality_weights"].shape == (batch, 2)
     report = compare(ref, got)
+    assert report["passed"] and report["verdict"] == "pass"
     assert report["max_abs_logit_diff"] <= 1e-4 and report["top1_agreement"] == 1.0
     assert report["max_abs_modality_weight_diff"] <= 1e-4
 
@@ -51,6 +54,8 @@ def test_exporters_recorded(onnx_dynamo, onnx_legacy):
 
 def test_io_names_and_dynamic_axes(onnx_dynamo):
     m = onnx.load(str(onnx_dynamo.path))
+    assert [v.name for v in m.graph.input] == list(INPUT_NAMES) == ["optical", "sar"]
+    assert [v.name for v in m.graph.output] == list(OUTPUT_NAMES) == ["logits", "probs", "modality_weights"]
     dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in list(m.graph.input) + list(m.graph.output)}
     assert dims["optical"][:2] == ["batch", 10] and dims["sar"][:2] == ["batch", 2]
@@ -71,6 +76,7 @@ def test_metadata_round_trip(onnx_dynamo, checkpoint):
     assert meta["checkpoint_sha256"] == checkpoint_sha256(checkpoint)
     assert meta["model_config"]["name"] == "dual_resnet10" and meta["esccs_schema_version"] == 1
     assert meta["opset"] == 18 and meta["exporter"] == "dynamo"
+    assert tuple(meta) == METADATA_KEYS  # exactly the contract of esccs.spec, in its order
     ort_map = ort_session(onnx_dynamo.path).get_modelmeta().custom_metadata_map
     assert json.loads(ort_map["classes"]) == list(cfg.classes)
     assert json.loads(ort_map["normalization"]) == cfg.normalization
@@ -104,6 +110,22 @@ def test_no_preprocess_export_takes_normalised_input(checkpoint, tmp_path, model
     r = export_model(checkpoint, "onnx", tmp_path / "plain.onnx", exporter="legacy", preprocess=False,
                      print_fn=None)
     assert read_metadata(r.path)["preprocessing_baked"] is False and r.parity["passed"]
+    assert r.parity["input"] == "raw DN / dB, normalised by esccs.runtime"  # fed like esccs infer feeds it
+
+
+def test_parity_runs_the_artifact_through_esccs_runtime(onnx_legacy, model_and_tiles, tmp_path):
+    from esccs.export.parity import check_artifact
+    from esccs.runtime import ModelError
+
+    model, _, tiles = model_and_tiles
+    assert (onnx_legacy.parity["backend"], onnx_legacy.parity["provider"]) == ("onnxruntime", "CPUExecutionProvider")
+    m = onnx.load(str(onnx_legacy.path))
+    del m.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(m, str(bare))
+    assert ort_run(bare, tiles.raw)["logits"].shape == (len(tiles), 10)  # plain onnxruntime runs it...
+    with pytest.raises(ModelError, match="no esccs metadata"):  # ...esccs infer would refuse it, so the check does
+        check_artifact(bare, model, tiles)
 
 
 def test_dynamo_failure_falls_back_to_legacy_with_a_warning(checkpoint, tmp_path, monkeypatch):
