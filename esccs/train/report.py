@@ -78,34 +78,6 @@ def _cell(stat: tuple[float, float]) -> str:
     return "n/a" if np.isnan(m) else f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
-def markdown(table: dict, title: str = "Accuracy by cloud stratum", notes: str = "") -> str:
-    """The comparison table: methods x (overall, clear, partial, complete), OA and macro F1 in %, mean ± std."""
-    head = "| method | seeds | OA | macro F1 | " + " | ".join(f"OA {s}" for s in STRATA) + " | " + \
-        " | ".join(f"F1 {s}" for s in STRATA) + " |"
-    lines = [f"# {title}", "", notes, "", head, "|" + "---|" * (4 + 2 * len(STRATA))]
-    order = sorted(table, key=lambda m: -table[m]["oa"][0])
-    for m in order:
-        r = table[m]
-        cells = [_cell(r["oa"]), _cell(r["macro_f1"])] + [_cell(r[f"oa:{s}"]) for s in STRATA] + \
-            [_cell(r[f"macro_f1:{s}"]) for s in STRATA]
-        lines.append(f"| {m} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
-    bins = [b[0] for b in COVERAGE_BINS]
-    lines += ["", "OA by finer cloud-cover bin (%):", "", "| method | " + " | ".join(bins) + " |",
-              "|" + "---|" * (1 + len(bins))]
-    for m in order:
-        lines.append(f"| {m} | " + " | ".join(_cell(table[m][f"oa:{b}"]) for b in bins) + " |")
-    irm = [m for m in order if "pi_sar" in table[m]]
-    if irm:
-        lines += ["", "IRM diagnostics of the dual models by cloud-cover bin: mean SAR teacher weight pi^R and "
-                  "mean SAR modality weight w^s = 1 - w^o:", "", "| method | quantity | " + " | ".join(bins) + " |",
-                  "|" + "---|" * (2 + len(bins))]
-        for m in irm:
-            lines.append(f"| {m} | pi^R | " + " | ".join(f"{table[m]['pi_sar'][b][0]:.2f}" for b in bins) + " |")
-            if "w_o" in table[m]:
-                lines.append(f"| {m} | w^s | " + " | ".join(f"{1 - table[m]['w_o'][b][0]:.2f}" for b in bins) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def plot_accuracy(table: dict, out: Path) -> Path:
     """Accuracy vs cloud-cover bin, one line per method (mean over seeds, bars = std)."""
     import matplotlib
