@@ -142,7 +142,7 @@ def test_sigint_leaves_no_orphans(onnx_path, many_tiles, tmp_path, target):
            "--batch-size", "8"]
     env = {**os.environ, "ESCCS_READER": "rasterio"}  # the slower path: more time left to interrupt
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=env)
+                            env=env, preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 90
         seen: set[int] = set()
@@ -219,10 +219,16 @@ print(json.dumps({"interrupted": interrupted, "alive": alive, "after": ok,
 """
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default. A shell runs background jobs with SIGINT ignored and
+    Python keeps an inherited SIG_IGN, so without this a test started from `make test &` could never interrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_workers_ignore_sigint_and_exit_cleanly_on_shutdown(synth_root):
     """Ctrl-C is the parent's to handle: the workers keep reading until the parent shuts them down (exit 0)."""
     proc = subprocess.run([sys.executable, "-c", IGNORE_SIGINT, str(synth_root)], capture_output=True, text=True,
-                          timeout=300, start_new_session=True)
+                          timeout=300, start_new_session=True, preexec_fn=_default_sigint)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     assert res["interrupted"] is True  # the parent got the KeyboardInterrupt
