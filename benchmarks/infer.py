@@ -174,7 +174,7 @@ def bench_parts(model_path: Path, data: Path, tiles: int = 4000, batch: int = 32
     """
     from esccs.benchmarks.read import ReadRun
 
-    scratch = Path(scratch or Path("/tmp") / "esccs-bench-infer")
+    scratch = Path(scratch or Path("/tmp") / "esccs-bench-infer") / f"parts_{Path(data).name}"
     scratch.mkdir(parents=True, exist_ok=True)
     folder = tile_folder(data, tiles, scratch)
     model = load_model(model_path, threads=threads)
