@@ -23,6 +23,7 @@ from esccs.errors import DataError
 from esccs.models import ModelConfig, create_model_from_config, load_checkpoint, save_checkpoint
 from esccs.ops import irm_kd, kd_rows, unimodal_kd
 from esccs.ops.irm_kd import irm_weights_reference
+from esccs.ops.irm_kd.reference import balance_from_rho
 from esccs.spec import S1_BANDS
 from esccs.train import distributed as ddp
 from esccs.train.bank import Bank
@@ -206,15 +207,14 @@ def aux_data(bank: Bank, pl: dict, modality: str, step1: Step1Config) -> dict:
     return {modality: x, "target": target, "teacher": teacher}
 
 
-def simulated_clouds(bank: Bank, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def simulated_clouds(bank: Bank, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Cloudy versions of ``bank.optical`` (normalised) and their realised cloud cover.
 
     Clouds are rendered on raw DN by the generator's cloud model, coverage uniform in [0, 1] and a random preset
-    per image, fixed seed.
+    per image, drawn from ``rng`` (also the SPL baseline's clouds).
     """
     from esccs.data.clouds import CLOUD_PRESETS, simulate_clouds
 
-    rng = np.random.default_rng([seed, 11])
     norm = bank.opt_norm
     presets = sorted(CLOUD_PRESETS)
     raw = bank.optical.numpy() * norm.std[:, None, None] + norm.mean[:, None, None]
@@ -238,7 +238,7 @@ def source_cloud_data(src: Bank, source: nn.Module, step1: Step1Config, seed: in
     train = src.where(split) if (src.split == split).any() else (src if split == "train" else src.empty())
     if not len(train):
         return {}
-    x, cover = simulated_clouds(train, seed + (0 if split == "train" else 1))
+    x, cover = simulated_clouds(train, np.random.default_rng([seed + (0 if split == "train" else 1), 11]))
     teacher = predict(source, train.optical, device=device)["logits"]
     target = train.labels.clone()
     if step1.clouded == "soft":
@@ -277,15 +277,6 @@ def train_aux(cfg: TrainConfig, tgt: Bank, pl: dict, run: Path, modality: str, p
 
 
 # ---------------------------------------------------------------------------------------------------------- step 2
-def k_from_rho(rho: torch.Tensor, alpha: float, k_min: float, form: str) -> torch.Tensor:
-    """IRM-B's balancing coefficients ``(N, 2)`` = (k_o, k_s) from the discrepancy ratio (docs/method.md formulas)."""
-    up = alpha * (rho - 1) if form == "continuous" else alpha * rho
-    down = alpha * (1 / rho - 1) if form == "continuous" else alpha / rho
-    k_o = torch.where(rho > 1, (1 - torch.tanh(up)).clamp_min(k_min), torch.ones_like(rho))
-    k_s = torch.where(rho > 1, torch.ones_like(rho), (1 - torch.tanh(down)).clamp_min(k_min))
-    return torch.stack([k_o, k_s], 1)
-
-
 def modality_weights(teachers: dict, coverage: torch.Tensor, s2: Step2Config, eps: float = 1e-6) -> tuple:
     """[ours] IRM with one vote per modality, the optical vote scaled by the visible fraction ``1 - cover``.
 
@@ -306,7 +297,7 @@ def modality_weights(teachers: dict, coverage: torch.Tensor, s2: Step2Config, ep
     z = (w_opt + w_sar).clamp_min(1e-12)
     pi = torch.stack([w_opt / (2 * z), w_opt / (2 * z), w_sar / z], 1)
     rho = (c_opt + eps) / (c_sar + eps)
-    k = k_from_rho(rho, s2.alpha, s2.k_min, s2.form)
+    k = balance_from_rho(rho, alpha=s2.alpha, k_min=s2.k_min, form=s2.form)
     k[:, 1] = 1 - v[:, 0] * (1 - k[:, 1])
     k[:, 0] = k[:, 0] * v[:, 0].clamp_min(s2.k_min)  # the fused path barely trains the optical branch on cloud
     return pi, rho, k, ybar

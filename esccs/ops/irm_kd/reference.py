@@ -110,11 +110,22 @@ def irm_weights_reference(
         w = c.pow(gamma)  # pow(0, 0) == 1, so gamma = 0 gives exactly 1/3 each
         total = w.sum(1, keepdim=True)
         pi = torch.where(total > 0, w / total, torch.full_like(w, 1.0 / 3.0))
-        x_o, x_s = (alpha * rho, alpha / rho) if form == "ogm" else (alpha * (rho - 1.0), alpha * (1.0 / rho - 1.0))
-        ones = torch.ones_like(rho)
-        k_o = torch.where(rho > 1, _one_minus_tanh_clamped(x_o, k_min), ones)
-        k_s = torch.where(rho > 1, ones, _one_minus_tanh_clamped(x_s, k_min))
-    return pi, rho, torch.stack([k_o, k_s], 1), ybar
+        k = balance_from_rho(rho, alpha=alpha, k_min=k_min, form=form)
+    return pi, rho, k, ybar
+
+
+def balance_from_rho(rho: torch.Tensor, *, alpha: float = 0.5, k_min: float = 0.1,
+                     form: str = "continuous") -> torch.Tensor:
+    """IRM-B's balancing coefficients ``(B, 2)`` = ``(k_o, k_s)`` from the discrepancy ratio ``rho`` (``(B,)``).
+
+    ``rho > 1``: ``k_o = max(k_min, 1 - tanh(alpha (rho - 1)))``, ``k_s = 1``; else ``k_s = max(k_min,
+    1 - tanh(alpha (1/rho - 1)))``, ``k_o = 1`` (``form="ogm"``: ``alpha rho`` and ``alpha / rho``).
+    """
+    x_o, x_s = (alpha * rho, alpha / rho) if form == "ogm" else (alpha * (rho - 1.0), alpha * (1.0 / rho - 1.0))
+    ones = torch.ones_like(rho)
+    k_o = torch.where(rho > 1, _one_minus_tanh_clamped(x_o, k_min), ones)
+    k_s = torch.where(rho > 1, ones, _one_minus_tanh_clamped(x_s, k_min))
+    return torch.stack([k_o, k_s], 1)
 
 
 def irm_kd_reference(

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from esccs.data.clouds import CLOUD_PRESETS, simulate_clouds
 from esccs.train import stages as st
 from esccs.train.bank import Bank
 from esccs.train.baselines.unet import UNet, apply_net, is_saved, ssim, train_or_load
@@ -64,15 +63,7 @@ class PacedTrainer(Trainer):
 
 def synthetic_clouds(bank: Bank, seed: int) -> torch.Tensor:
     """Cloudy versions of ``bank.optical`` (normalised): clouds rendered on raw DN, one per image, fixed seed."""
-    rng = np.random.default_rng(seed)
-    norm = bank.opt_norm
-    presets = sorted(CLOUD_PRESETS)
-    raw = bank.optical.numpy() * norm.std[:, None, None] + norm.mean[:, None, None]
-    out = []
-    for img in raw:
-        cov, preset = float(rng.uniform(0.0, 1.0)), presets[int(rng.integers(len(presets)))]
-        out.append(norm(simulate_clouds(img, cov, rng, preset, band_names=norm.bands).image))
-    return torch.from_numpy(np.stack(out))
+    return st.simulated_clouds(bank, np.random.default_rng(seed))[0]
 
 
 def restore_loss(pred: torch.Tensor, clear: torch.Tensor) -> torch.Tensor:
