@@ -57,6 +57,25 @@ def test_int8_artifact(int8):
     assert ort_session(int8.path).run(None, raw)[0].shape == (3, 10)
 
 
+def test_stems_and_head_stay_fp32(int8):
+    """The first conv of each encoder and the classifier head keep fp32 weights; every other conv is quantised."""
+    from esccs.export.quantize import fp32_nodes
+
+    g = onnx.load(str(int8.path)).graph
+    kept = set(int8.info["quantization"]["kept_fp32_nodes"])
+    by_name = {n.name: n for n in g.node}
+    assert sorted(by_name[k].op_type for k in kept) == ["Add", "Conv", "Conv", "Gemm", "Gemm"]
+    assert by_name[next(k for k in kept if by_name[k].op_type == "Add")].output[0] == "logits"
+    assert sorted(kept) == fp32_nodes(onnx.load(str(int8.path)))  # found again on the quantised graph
+    dq_out = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
+    inits = {i.name for i in g.initializer}
+    for n in g.node:
+        if n.op_type in ("Conv", "Gemm"):
+            weight_quantised = n.input[1] in dq_out
+            assert weight_quantised == (n.name not in kept), n.name
+            assert n.input[1] in inits or weight_quantised
+
+
 def test_int8_report_is_one_verdict_line_and_speed(int8):
     s = int8.speed
     assert s["fp32_ms"] > 0 and s["int8_ms"] > 0 and s["speedup_int8_vs_fp32"] > 0 and s["reps"] == 3
