@@ -149,16 +149,39 @@ def random_model(data: Path, arch: str, width: int, scratch: Path) -> Path:
     return onnx
 
 
-def _backend_rate(model, optical: np.ndarray, sar: np.ndarray, min_time: float) -> float:
-    """Tiles/s of ``model.predict`` on one preloaded batch: median batch time over at least ``min_time`` s."""
+def _backend_rate(model, optical: np.ndarray, sar: np.ndarray, min_time: float) -> tuple[float, float]:
+    """Tiles/s of ``model.predict`` on one preloaded batch and the CPU seconds it spends per tile.
+
+    Tiles/s: median batch time over at least ``min_time`` s; CPU: this process's CPU time over the timed loop
+    (every backend thread).
+    """
     model.predict(optical, sar)
     times: list[float] = []
+    cpu0 = time.process_time()
     t_end = time.perf_counter() + min_time
     while time.perf_counter() < t_end or len(times) < 5:
         t = time.perf_counter()
         model.predict(optical, sar)
         times.append(time.perf_counter() - t)
-    return len(optical) / statistics.median(times)
+    cpu = (time.process_time() - cpu0) / (len(times) * len(optical))
+    return len(optical) / statistics.median(times), cpu
+
+
+def _reader_cpu(run, min_time: float) -> tuple[float, float]:
+    """Triples/s of a one-thread :class:`~esccs.benchmarks.read.ReadRun` and its CPU seconds per triple."""
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    n = 0
+    while time.perf_counter() - t0 < min_time:
+        n += run.read(run.batch)
+    return n / (time.perf_counter() - t0), (time.process_time() - cpu0) / n
+
+
+def cpu_ceiling(backend: float, reader: float, cpu_backend: float, cpu_reader: float, cores: int) -> float:
+    """The most tiles/s a pipeline of these two parts can reach on ``cores`` cores.
+
+    Each tile costs ``cpu_backend + cpu_reader`` CPU seconds, and neither part runs faster than it does alone.
+    """
+    return min(backend, reader, cores / (cpu_backend + cpu_reader))
 
 
 def bench_parts(model_path: Path, data: Path, tiles: int = 4000, batch: int = 32, workers: tuple[int, ...] = (1,),
@@ -171,6 +194,11 @@ def bench_parts(model_path: Path, data: Path, tiles: int = 4000, batch: int = 32
     :class:`~esccs.benchmarks.read.ReadRun`), and ``esccs infer`` over ``tiles`` tiles in a fresh subprocess (its
     processing loop: worker start-up included, model load excluded). Goal (issue 15): end to end >= 0.9x
     min(reader-only, backend-only); each round's ratio uses that round's three figures, the median is reported.
+
+    With them, the CPU ceiling of the round (:func:`cpu_ceiling`): the backend's CPU seconds per tile (this
+    process's CPU time over its timed loop) plus the reader's (one in-process reader thread), shared by the cores
+    this process may use. Where the ceiling is below 0.9x min(parts), no pipeline reaches the goal on this machine:
+    the two parts compete for the same cores.
     """
     from esccs.benchmarks.read import ReadRun
 
@@ -190,32 +218,48 @@ def bench_parts(model_path: Path, data: Path, tiles: int = 4000, batch: int = 32
     for run in runs.values():  # warm-up: page cache, worker start-up, first-file checks
         run.read(min(len(jobs), 20 * batch))
     end_to_end(model_path, folder, batch, workers[0], threads, scratch)  # warm imports and page cache
-    rows: dict[int, dict[str, list]] = {w: {"backend": [], "reader": [], "e2e": [], "ratio": []} for w in workers}
+    rows: dict[int, dict[str, list]] = {w: {k: [] for k in ("backend", "reader", "e2e", "ratio", "cpu_backend_ms",
+                                                             "cpu_reader_ms", "ceiling", "ceiling_ratio")}
+                                        for w in workers}
     last: dict[int, dict] = {}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    one = runs[1] if 1 in runs else ReadRun(jobs, p, "fast", 1, "thread", batch=batch)
     for r in range(rounds):
         for w in workers if r % 2 == 0 else workers[::-1]:
-            b = _backend_rate(model, opt, sar, min_time)
+            b, cpu_b = _backend_rate(model, opt, sar, min_time)
             rd = runs[w].rate(min_time)
+            _, cpu_r = _reader_cpu(one, min_time / 2)  # the CPU a triple costs, read by one in-process thread
             e = end_to_end(model_path, folder, batch, w, threads, scratch)
             last[w] = e
             row = rows[w]
+            ceiling = cpu_ceiling(b, rd, cpu_b, cpu_r, cores)
             row["backend"].append(round(b, 1))
             row["reader"].append(round(rd, 1))
             row["e2e"].append(e["tiles_per_second"])
             row["ratio"].append(round(e["tiles_per_second"] / min(b, rd), 3))
+            row["cpu_backend_ms"].append(round(1e3 * cpu_b, 3))
+            row["cpu_reader_ms"].append(round(1e3 * cpu_r, 3))
+            row["ceiling"].append(round(ceiling, 1))
+            row["ceiling_ratio"].append(round(ceiling / min(b, rd), 3))
             log(f"{p} px, {w} reader worker(s), round {r + 1}/{rounds}: backend {b:.0f}, reader {rd:.0f}, "
-                f"esccs infer {e['tiles_per_second']:.0f} tiles/s -> {row['ratio'][-1]:.2f} x min")
+                f"esccs infer {e['tiles_per_second']:.0f} tiles/s -> {row['ratio'][-1]:.2f} x min; CPU per tile "
+                f"backend {1e3 * cpu_b:.2f} ms + reader {1e3 * cpu_r:.2f} ms on {cores} cores: ceiling "
+                f"{ceiling:.0f} tiles/s = {row['ceiling_ratio'][-1]:.2f} x min")
     stats = {w: run.close() for w, run in runs.items()}
+    if 1 not in runs:
+        one.close()
     out = {"model": str(model_path), "patch": p, "tiles": tiles, "folder": str(folder), "batch": batch,
            "backend_settings": model.backend.settings, "cores": default_threads(), "rounds": rounds,
            "min_time_s": min_time, "by_workers": {}}
     model.close()
     for w in workers:
         row = rows[w]
-        med = {k: round(statistics.median(v), 3 if k == "ratio" else 1) for k, v in row.items()}
+        med = {k: round(statistics.median(v), 3 if k.endswith(("ratio", "_ms")) else 1) for k, v in row.items()}
         out["by_workers"][str(w)] = {
             "backend_only_tiles_per_s": med["backend"], "reader_only_triples_per_s": med["reader"],
             "end_to_end_tiles_per_s": med["e2e"], "e2e_over_min_parts": med["ratio"], "rounds": row,
+            "cpu_ms_per_tile": {"backend": med["cpu_backend_ms"], "reader": med["cpu_reader_ms"]},
+            "cpu_ceiling_tiles_per_s": med["ceiling"], "cpu_ceiling_over_min_parts": med["ceiling_ratio"],
             "reader_files": stats[w]["files"], "e2e_command": last[w]["command"],
             "e2e_waiting_for_reads_s": last[w]["waiting_for_reads_seconds"],
             "e2e_backend_tiles_per_s_inside": last[w]["backend_tiles_per_second"]}
