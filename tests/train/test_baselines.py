@@ -101,8 +101,11 @@ def test_cycit_never_reads_target_labels(setup, tmp_path, monkeypatch):
     ctx.tgt.labels, ctx.tgt.clear, ctx.tgt.meta = None, None, {}  # any use fails, on top of the spy
     fits = []
 
+    sizes = []
+
     def fit(self):  # the whole data flow of both stages, without the training time
         fits.append((self.name, sorted(self.data)))
+        sizes.append(len(next(iter(self.data.values()))))
         return self.model.eval()
 
     monkeypatch.setattr(Trainer, "fit", fit)
@@ -110,6 +113,9 @@ def test_cycit_never_reads_target_labels(setup, tmp_path, monkeypatch):
     assert ctx.tgt.touched == []
     assert fits == [("cycit/translator", ["optical", "sar"]),
                     ("cycit/classifier", ["log_b", "mu", "sar_t", "target"])]
+    # the translator learns only from pairs whose optical image is visible (the cover is the cloud mask's)
+    visible = int((ctx.tgt.coverage <= cycit.PAIR_MAX_COVER).sum())
+    assert 0 < visible < len(ctx.tgt) and sizes[0] == visible
     assert (tmp_path / "cycit" / "translator" / "net.safetensors").exists()
     assert pred.fn(test)["logits"].shape == (len(test), len(test.classes))
 
@@ -237,7 +243,7 @@ def test_cycit_translated_sar_has_the_statistics_of_real_sar(setup, tmp_path):
     ctx = Context(cfg, tmp_path, setup[1][0], tgt, progress=False)
     net = cycit.train_translator(ctx)
     test = setup[1][2]  # images the translator and its calibration never saw
-    mu, log_b = cycit.sar_like_params(net, test.optical, (tgt.optical, tgt.sar))
+    mu, log_b = cycit.sar_like_params(net, test.optical, cycit.translator_pairs(tgt))
     fake = cycit.translate(mu, log_b, torch.Generator().manual_seed(0))
     within = lambda x: float(x.flatten(2).std(2).mean())  # noqa: E731 - within-image std, averaged
     real = within(test.sar)
@@ -247,6 +253,16 @@ def test_cycit_translated_sar_has_the_statistics_of_real_sar(setup, tmp_path):
     # heavy bright tail: the top percentile of a draw sits as far above its median as real SAR's does
     q = lambda x: float((x.quantile(0.99) - x.median()) / x.std())  # noqa: E731
     assert abs(q(fake[:, 0]) - q(tgt.sar[:, 0])) < 0.6
+
+
+def test_cycit_refuses_a_target_without_visible_pairs(setup, tmp_path):
+    from esccs.errors import DataError
+
+    _, (src, tgt, _) = setup
+    cloudy = tgt.subset(torch.nonzero(tgt.coverage > cycit.PAIR_MAX_COVER).flatten())
+    ctx = Context(dataclasses.replace(setup[0], out=str(tmp_path)), tmp_path, src, cloudy, progress=False)
+    with pytest.raises(DataError, match="no target-train pair with cloud cover"):
+        cycit.train_translator(ctx)
 
 
 def test_cycit_adaptation_ramps_up_and_adabn_uses_target_statistics():

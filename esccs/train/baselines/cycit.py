@@ -3,12 +3,12 @@
 Stage 1 (translator): the paper uses an unpaired CycleGAN, whose adversarial loss makes the output *look like* SAR,
 speckle and bright scatterers included. A paired L1 U-Net alone outputs the conditional median: smooth mean images
 with a fraction of real SAR's within-image variance, on which a classifier learns cues that real SAR does not show.
-Here a small paired U-Net optical -> SAR, trained on the co-registered target-train pairs (cloudy optical, SAR;
-never target labels), predicts per pixel and channel a Laplace distribution (location mu, scale b, in normalised
-dB): mu with L1 (the stand-in's loss), b with the Laplace likelihood of the within-image residual (an explicit,
-learned noise model; :func:`laplace_nll`). Translating draws
-``mu + b * Laplace(0, 1)`` (a fresh draw every epoch of stage 2), with the scale calibrated once on the
-translator's pairs so that the draws' mean within-image variance equals real SAR's (:func:`noise_shift`): translated
+Here a small paired U-Net optical -> SAR, trained on the co-registered target-train pairs whose optical image is
+visible (cloud cover <= :data:`PAIR_MAX_COVER`, from the cloud mask; never target labels), predicts per pixel
+and channel a Laplace distribution (location mu, scale b, in normalised dB): mu with L1 (the stand-in's loss), b
+with the Laplace likelihood of the within-image residual (an explicit, learned noise model; :func:`laplace_nll`).
+Translating draws ``mu + b * Laplace(0, 1)`` (a fresh draw every epoch of stage 2), with the scale calibrated once on
+the translator's pairs so that the draws' mean within-image variance equals real SAR's (:func:`noise_shift`): translated
 SAR has SAR's speckle-like spread and heavy tails. It turns the labelled source cloud-free optical images into
 SAR-like images that keep their source labels.
 
@@ -32,9 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esccs.errors import DataError
 from esccs.models import create_model_from_config, load_checkpoint, save_checkpoint
 from esccs.train import distributed as ddp
 from esccs.train import stages as st
+from esccs.train.bank import Bank
 from esccs.train.baselines.unet import UNet, train_or_load
 from esccs.train.loop import Trainer
 from esccs.train.methods import Context, Predictor, classifier_predictor
@@ -42,6 +44,7 @@ from esccs.train.methods import Context, Predictor, classifier_predictor
 ADV_WEIGHT = 0.1
 CENTER_WEIGHT = 0.01
 LOG_B_RANGE = (-5.0, 2.0)  # clamp of the predicted log-scale (normalised units)
+PAIR_MAX_COVER = 0.25  # the translator learns (and its noise scale is calibrated) on pairs this visible
 
 
 class _GradReverse(torch.autograd.Function):
@@ -138,16 +141,35 @@ def _translator_step(model, b):
     return laplace_nll(model(b["optical"]), b["sar"]), None, {}
 
 
+def translator_pairs(bank: Bank) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (optical, SAR) pairs of ``bank`` a translator can learn from: cloud cover <= :data:`PAIR_MAX_COVER`.
+
+    Under cloud the optical image says nothing about the SAR one, so a translator fitted on those pairs learns to
+    output the mean SAR image; it would then map every clear source image to that flat mean too. The cover comes
+    from the cloud mask (an input), never from labels.
+    """
+    keep = bank.coverage <= PAIR_MAX_COVER
+    return bank.optical[keep], bank.sar[keep]
+
+
 def train_translator(ctx: Context) -> nn.Module:
-    """Stage 1: paired U-Net optical -> (mu, log b) of SAR on target-train pairs (Laplace NLL), trained or loaded."""
+    """Stage 1: paired U-Net optical -> (mu, log b) of SAR on target-train's visible pairs (Laplace NLL).
+
+    Raises:
+        DataError: target-train has no pair with cloud cover <= :data:`PAIR_MAX_COVER`.
+    """
     c_o, c_s = int(ctx.tgt.optical.shape[1]), int(ctx.tgt.sar.shape[1])
     width = ctx.cfg.model.width
-    data = {"optical": ctx.tgt.optical, "sar": ctx.tgt.sar}
-    val = {"optical": ctx.tval.optical, "sar": ctx.tval.sar} if len(ctx.tval) else None
-    return train_or_load(ctx.run / "cycit" / "translator", lambda: UNet(c_o, 2 * c_s, width), data,
-                         _translator_step, ctx.cfg.loop("aux"),
-                         {"c_in": c_o, "c_out": 2 * c_s, "width": width, "seed": ctx.cfg.seed, "loss": "laplace_nll"},
-                         ctx.progress, val=val)
+    opt, sar = translator_pairs(ctx.tgt)
+    if not len(opt):
+        raise DataError(ctx.tgt.meta.get("root", "target"), f"cycit: no target-train pair with cloud cover <= "
+                        f"{PAIR_MAX_COVER} to train the optical -> SAR translator on")
+    vopt, vsar = translator_pairs(ctx.tval)
+    val = {"optical": vopt, "sar": vsar} if len(vopt) else None
+    return train_or_load(ctx.run / "cycit" / "translator", lambda: UNet(c_o, 2 * c_s, width),
+                         {"optical": opt, "sar": sar}, _translator_step, ctx.cfg.loop("aux"),
+                         {"c_in": c_o, "c_out": 2 * c_s, "width": width, "seed": ctx.cfg.seed, "loss": "laplace_nll",
+                          "pairs": f"cover <= {PAIR_MAX_COVER}"}, ctx.progress, val=val)
 
 
 @torch.no_grad()
@@ -208,7 +230,7 @@ def train_classifier(ctx: Context, translator: nn.Module) -> nn.Module:
     if ckpt.exists():
         return load_checkpoint(ckpt, expect=mcfg.name)[0].to(loop.device).eval()
     src = ctx.src.where("train") if (ctx.src.split == "train").any() else ctx.src
-    mu, log_b = sar_like_params(translator, src.optical, (ctx.tgt.optical, ctx.tgt.sar), ctx.device)
+    mu, log_b = sar_like_params(translator, src.optical, translator_pairs(ctx.tgt), ctx.device)
     gen = torch.Generator().manual_seed(ctx.cfg.seed)
     n_t = len(ctx.tgt.sar)
     pair = torch.cat([torch.randperm(n_t, generator=gen) for _ in range(-(-len(mu) // n_t))])[: len(mu)]
