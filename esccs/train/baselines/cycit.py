@@ -9,9 +9,7 @@ and channel a Laplace distribution (location mu, scale b, in normalised dB): mu 
 with the Laplace likelihood of the within-image residual (an explicit, learned noise model; :func:`laplace_nll`).
 Translating draws ``mu + b * Laplace(0, 1)`` (a fresh draw every epoch of stage 2), with the scale calibrated once on
 the translator's pairs so that the draws' mean within-image variance equals real SAR's (:func:`noise_shift`): translated
-SAR has SAR's speckle-like spread and heavy tails. Each draw also gets a per-image level offset whose spread makes up
-what the translator cannot know (a scene's incidence angle and moisture: :func:`level_scale`), so the classifier
-cannot lean on absolute levels that real SAR does not keep. It turns the labelled source cloud-free optical images into
+SAR has SAR's speckle-like spread and heavy tails. It turns the labelled source cloud-free optical images into
 SAR-like images that keep their source labels.
 
 Stage 2 (DTAM stand-in): a SAR classifier (registered architecture, 2 channels) trained on the translated source
@@ -101,19 +99,10 @@ class RampTrainer(Trainer):
         return super()._epoch(epoch)
 
 
-def translate(mu: torch.Tensor, log_b: torch.Tensor, gen: torch.Generator | None = None,
-              level: torch.Tensor | None = None) -> torch.Tensor:
-    """A draw ``mu + b * Laplace(0, 1) [+ level * N(0, 1)]`` of the translator's output distribution.
-
-    ``level`` (``(C,)`` or ``(N, C)``): the std of a per-image offset, one normal draw per image shared by the
-    channels (:func:`level_scale`); ``None``: no offset.
-    """
+def translate(mu: torch.Tensor, log_b: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """A draw ``mu + b * Laplace(0, 1)`` of the translator's output distribution."""
     u = torch.rand(mu.shape, generator=gen).clamp(1e-6, 1 - 1e-6) - 0.5
-    x = mu - log_b.exp() * u.sign() * torch.log1p(-2 * u.abs())
-    if level is not None:
-        z = torch.randn((len(mu), 1, 1, 1), generator=gen)
-        x = x + z * level.reshape(-1 if level.dim() > 1 else 1, mu.shape[1], 1, 1)
-    return x
+    return mu - log_b.exp() * u.sign() * torch.log1p(-2 * u.abs())
 
 
 def dann_step(model: DannNet, b: dict):
@@ -123,7 +112,7 @@ def dann_step(model: DannNet, b: dict):
     (the loop seeds torch per epoch, so a resumed run makes the same draws). A validation batch carries real
     ``sar`` instead.
     """
-    sar = translate(b["mu"], b["log_b"], level=b.get("level")).to(b["mu"].device) if "mu" in b else b["sar"]
+    sar = translate(b["mu"], b["log_b"]).to(b["mu"].device) if "mu" in b else b["sar"]
     out = model(sar, b["sar_t"])
     z, h, y = out["logits"], out["h"], b["target"]
     n = len(z)
@@ -207,32 +196,14 @@ def noise_shift(mu: torch.Tensor, log_b: torch.Tensor, real: torch.Tensor) -> to
     return 0.5 * torch.log(want / have)
 
 
-def between_var(x: torch.Tensor) -> torch.Tensor:
-    """Variance over images of each image's mean, per channel of ``(N, C, H, W)`` images: ``(C,)``."""
-    return x.mean((2, 3)).var(0)
-
-
-def level_scale(mu: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Std of the per-image level offset that gives translated SAR real SAR's spread of image means, ``(C,)``.
-
-    Real SAR's image means vary with what no optical image tells (the scene's incidence angle and moisture, the
-    patch's own offset); the translator's means vary only with the land cover. The missing variance
-    ``var_between(real) - var_between(mu)`` (at least 0) is drawn per image as an offset shared by the channels.
-    """
-    return (between_var(real) - between_var(mu)).clamp_min(0).sqrt()
-
-
 def sar_like_params(translator: nn.Module, optical: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor],
-                    device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(mu, log b, level)`` for ``optical``, the noise scale and level spread calibrated on ``pairs``.
-
-    ``pairs`` = (optical, real SAR); ``level`` is :func:`level_scale` on them, ``(C,)``.
-    """
+                    device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mu, log b)`` for ``optical`` with the noise scale calibrated on ``pairs`` = (optical, real SAR)."""
     c_s = int(pairs[1].shape[1])
     mu_p, log_b_p = translator_params(translator, pairs[0], c_s, device)
     shift = noise_shift(mu_p, log_b_p, pairs[1]).view(1, -1, 1, 1)
     mu, log_b = translator_params(translator, optical, c_s, device)
-    return mu, log_b + shift, level_scale(mu_p, pairs[1])
+    return mu, log_b + shift
 
 
 @torch.no_grad()
@@ -259,12 +230,11 @@ def train_classifier(ctx: Context, translator: nn.Module) -> nn.Module:
     if ckpt.exists():
         return load_checkpoint(ckpt, expect=mcfg.name)[0].to(loop.device).eval()
     src = ctx.src.where("train") if (ctx.src.split == "train").any() else ctx.src
-    mu, log_b, level = sar_like_params(translator, src.optical, translator_pairs(ctx.tgt), ctx.device)
+    mu, log_b = sar_like_params(translator, src.optical, translator_pairs(ctx.tgt), ctx.device)
     gen = torch.Generator().manual_seed(ctx.cfg.seed)
     n_t = len(ctx.tgt.sar)
     pair = torch.cat([torch.randperm(n_t, generator=gen) for _ in range(-(-len(mu) // n_t))])[: len(mu)]
-    data = {"mu": mu, "log_b": log_b, "level": level.expand(len(mu), -1).contiguous(), "target": src.labels,
-            "sar_t": ctx.tgt.sar[pair]}
+    data = {"mu": mu, "log_b": log_b, "target": src.labels, "sar_t": ctx.tgt.sar[pair]}
     val = None
     if len(ctx.tval):
         vpl = ctx.pseudo(ctx.cfg.step1, "tval")
