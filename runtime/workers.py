@@ -10,6 +10,9 @@ SIGINT (the parent stops them: on Ctrl-C the whole process group gets the signal
 run first), exit on the parent's sentinel, and exit by themselves when the parent is gone (they poll their parent
 pid), so an interrupted or crashed run leaves no orphans. :meth:`ProcessPool.shutdown` joins them, terminates what
 is left and unlinks the shared memory.
+
+Readers, threads and processes alike, run :data:`READER_NICE` nice levels below the backend (``$ESCCS_READER_NICE``):
+where readers and the backend share cores, the backend's threads go first and the reads fill their idle moments.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ from esccs.errors import ConfigError
 #: environment variable choosing the kind of reader workers when there are several: ``process`` or ``thread``
 POOL_ENV = "ESCCS_READER_POOL"
 KINDS = ("process", "thread")
+#: environment variable: how many nice levels below the backend the readers run (0..19, 0 = the same priority)
+NICE_ENV = "ESCCS_READER_NICE"
+#: the default: on shared cores the backend's threads go first, readers take the idle moments. Measured with
+#: ``esccs infer`` at 128 px on 2 cores (1 reader, 3 interleaved runs): 204-234 tiles/s at the same priority,
+#: 254-267 tiles/s niced by 10 (backend alone 298)
+READER_NICE = 10
 #: how often a worker checks that its parent is still alive (seconds)
 PARENT_POLL_S = 0.5
 
@@ -50,6 +59,7 @@ def pool_kind(workers: int, kind: str | None = None) -> str:
 
 def make_pool(reader, workers: int, kind: str | None = None):
     """A pool of ``workers`` readers (see :func:`pool_kind`): :class:`ThreadPool` or :class:`ProcessPool`."""
+    reader_nice()  # a bad $ESCCS_READER_NICE fails here, in one line, not inside a worker
     if pool_kind(workers, kind) == "thread":
         return ThreadPool(workers)
     return ProcessPool(reader, workers)
@@ -71,7 +81,7 @@ class ThreadPool(ThreadPoolExecutor):
     kind = "thread"
 
     def __init__(self, workers: int) -> None:
-        super().__init__(max_workers=workers, thread_name_prefix="esccs-read")
+        super().__init__(max_workers=workers, thread_name_prefix="esccs-read", initializer=_lower_priority)
         self.workers = workers
 
     def buffer(self, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
@@ -279,8 +289,41 @@ def _watch_parent(parent: int) -> None:
             os._exit(0)
 
 
+def reader_nice() -> int:
+    """How much lower than the backend the readers run: ``$ESCCS_READER_NICE``, default :data:`READER_NICE`.
+
+    Raises:
+        ConfigError: the variable is not an integer in 0..19.
+    """
+    raw = os.environ.get(NICE_ENV, str(READER_NICE))
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 19:
+        raise ConfigError(f"{NICE_ENV}={raw!r}: expected an integer 0..19 (0 = readers at the backend's priority)")
+    return n
+
+
+def _lower_priority() -> None:
+    """Lower the calling reader thread's CPU priority by :func:`reader_nice` (Linux: nice is per thread).
+
+    Under contention the scheduler then runs the backend's threads first and the reader in their idle moments;
+    on idle cores nothing changes. Where the OS refuses (or has no per-thread nice), the reader runs as it is.
+    """
+    n = reader_nice()
+    if not n or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + n))
+    except OSError:  # pragma: no cover - a sandbox that forbids it: same priority, same results
+        pass
+
+
 def _worker_main(spec: dict, tasks, results, parent: int) -> None:
     """Loop of one worker process: attach buffers, read jobs into them, send back the result dicts."""
+    _lower_priority()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us (see the module docstring)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent while starting us
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()

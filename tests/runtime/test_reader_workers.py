@@ -235,3 +235,52 @@ def test_workers_ignore_sigint_and_exit_cleanly_on_shutdown(synth_root):
     assert res["alive"] == [True, True] and res["after"] == ["ok"] * 4  # the workers did not
     assert res["exitcodes"] == [0, 0]  # and left through the sentinel, not killed
     assert "Traceback" not in proc.stderr
+
+
+def _my_nice(_reader=None, _job=None, _slot=None, _row=None) -> int:
+    import threading
+
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.parametrize("setting, shift", [(None, 10), ("0", 0), ("3", 3)])
+def test_readers_run_below_the_backend_priority(synth_root, monkeypatch, setting, shift):
+    """Reader threads and worker processes are niced (default 10); the calling (backend) thread is not."""
+    from esccs.runtime.workers import READER_NICE
+
+    assert READER_NICE == 10
+    if setting is None:
+        monkeypatch.delenv("ESCCS_READER_NICE", raising=False)
+    else:
+        monkeypatch.setenv("ESCCS_READER_NICE", setting)
+    base = _my_nice()
+    want = min(19, base + shift)
+    reader = TileReader(Bands(S2_BANDS, S1_BANDS, 16))
+    pool = make_pool(reader, 1)
+    try:
+        assert pool.submit(_my_nice).result(timeout=30) == want
+    finally:
+        pool.shutdown()
+    assert _my_nice() == base  # only the reader thread was reniced
+    jobs = open_tiles(synth_root).jobs[:2]
+    pool = make_pool(reader, 2)
+    try:
+        slot = SimpleNamespace(optical=pool.buffer((2, 13, 16, 16)), sar=pool.buffer((2, 2, 16, 16)))
+        [f.result(timeout=60) for f in pool.submit_batch(_read_one, reader, jobs, slot)]
+        deadline = time.monotonic() + 60  # a worker renices itself first thing, once it has started
+        while (got := [os.getpriority(os.PRIO_PROCESS, pid) for pid in pool.pids()]) != [want, want]:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert got == [want, want]
+    finally:
+        pool.shutdown()
+    assert _my_nice() == base
+
+
+def test_a_bad_reader_nice_fails_in_one_line_before_any_worker_starts(monkeypatch):
+    from esccs.errors import ConfigError
+
+    monkeypatch.setenv("ESCCS_READER_NICE", "high")
+    with pytest.raises(ConfigError, match=r"ESCCS_READER_NICE='high': expected an integer 0..19"):
+        make_pool(TileReader(Bands(S2_BANDS, S1_BANDS, 16)), 2)
