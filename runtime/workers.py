@@ -38,9 +38,10 @@ KINDS = ("process", "thread")
 #: environment variable: how many nice levels below the backend the readers run (0..19, 0 = the same priority)
 NICE_ENV = "ESCCS_READER_NICE"
 #: the default: on shared cores the backend's threads go first, readers take the idle moments. Measured with
-#: ``esccs infer`` at 128 px on 2 cores (1 reader, 3 interleaved runs): 204-234 tiles/s at the same priority,
-#: 254-267 tiles/s niced by 10 (backend alone 298)
-READER_NICE = 10
+#: ``esccs infer`` on 2 cores, 1 reader, 2 interleaved runs each (tiles/s): 128 px 250 / 232 at the same priority,
+#: 265 / 255 niced by 3, 270 / 268 by 10; 32 px 1101 / 949, 1239 / 968, 1047 / 902 (at 32 px the reads set the
+#: pace, and a reader niced by 10 starves). 3 is at least as fast as 0 in both.
+READER_NICE = 3
 #: how often a worker checks that its parent is still alive (seconds)
 PARENT_POLL_S = 0.5
 

@@ -37,7 +37,7 @@ RAY_FLAGS = {"address": "--address", "actors": "--actors", "cpus_per_actor": "--
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Reader workers: 1 is a thread; more are worker processes filling shared-memory batch rows "
                    "(threads do not scale; ESCCS_READER_POOL=thread forces them). On a GPU host use more. "
-                   "ESCCS_READER=rasterio reads every file with rasterio (the reference path). Readers run 10 "
+                   "ESCCS_READER=rasterio reads every file with rasterio (the reference path). Readers run 3 "
                    "nice levels below the backend so that shared cores serve the model first "
                    "(ESCCS_READER_NICE=0..19; 0 = same priority).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,

@@ -243,12 +243,12 @@ def _my_nice(_reader=None, _job=None, _slot=None, _row=None) -> int:
     return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
-@pytest.mark.parametrize("setting, shift", [(None, 10), ("0", 0), ("3", 3)])
+@pytest.mark.parametrize("setting, shift", [(None, 3), ("0", 0), ("7", 7)])
 def test_readers_run_below_the_backend_priority(synth_root, monkeypatch, setting, shift):
-    """Reader threads and worker processes are niced (default 10); the calling (backend) thread is not."""
+    """Reader threads and worker processes are niced (default 3); the calling (backend) thread is not."""
     from esccs.runtime.workers import READER_NICE
 
-    assert READER_NICE == 10
+    assert READER_NICE == 3
     if setting is None:
         monkeypatch.delenv("ESCCS_READER_NICE", raising=False)
     else:
