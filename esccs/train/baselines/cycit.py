@@ -19,14 +19,12 @@ features (translated source vs unlabelled real target-train SAR) whose weight ra
 pulling each translated feature to its class centre (weight :data:`CENTER_WEIGHT`). BatchNorm is domain specific:
 the two domains go through the encoder in separate batches (separate batch statistics), and after training the
 classifier's running statistics are re-estimated on real target SAR alone (AdaBN), which the predictor uses.
-The classifier keeps its last epoch: the ramp is the schedule (validation selection on step 1's pseudo-labels
-picked an epoch before the adaptation had started; see :func:`train_classifier`). The predictor is the SAR
+The epoch is selected on held-out target-train SAR against step 1's pseudo-labels. The predictor is the SAR
 classifier on ``bank.sar``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -228,10 +226,7 @@ def train_classifier(ctx: Context, translator: nn.Module) -> nn.Module:
     """Stage 2: SAR classifier on translated labelled source + ramped DANN against real target SAR + centre loss."""
     ckpt = ctx.checkpoint("cycit/classifier")
     mcfg = st.model_config(ctx.cfg, ctx.tgt, "sar")
-    # [design] the ramped adaptation is the schedule: the classifier keeps its last epoch. Selecting on step 1's
-    # pseudo-labels of held-out target SAR (about 50 patches) picked epoch 1 of 15 on the development data, before
-    # the adaptation weight had risen (0.034): 29.7 % OA, against 37.0 % for the last epoch (SAR-only 36.3 %).
-    loop = dataclasses.replace(ctx.cfg.loop("target"), select="last")
+    loop = ctx.cfg.loop("target")
     if ckpt.exists():
         return load_checkpoint(ckpt, expect=mcfg.name)[0].to(loop.device).eval()
     src = ctx.src.where("train") if (ctx.src.split == "train").any() else ctx.src
@@ -240,10 +235,16 @@ def train_classifier(ctx: Context, translator: nn.Module) -> nn.Module:
     n_t = len(ctx.tgt.sar)
     pair = torch.cat([torch.randperm(n_t, generator=gen) for _ in range(-(-len(mu) // n_t))])[: len(mu)]
     data = {"mu": mu, "log_b": log_b, "target": src.labels, "sar_t": ctx.tgt.sar[pair]}
+    val = None
+    if len(ctx.tval):
+        vpl = ctx.pseudo(ctx.cfg.step1, "tval")
+        k = vpl["kept"]
+        val = {"sar": ctx.tval.sar[k], "sar_t": ctx.tval.sar[k], "target": vpl["pseudo"][k]}
     torch.manual_seed(loop.seed)
     clf = create_model_from_config(mcfg)
     wrapper = DannNet(clf, len(ctx.tgt.classes))
-    trainer = RampTrainer(wrapper, data, dann_step, loop, Path(ckpt).parent, "cycit/classifier", ctx.progress)
+    trainer = RampTrainer(wrapper, data, dann_step, loop, Path(ckpt).parent, "cycit/classifier", ctx.progress,
+                          val=val)
     trainer.fit()
     adapt_bn(clf, ctx.tgt.sar, device=ctx.device)
     ddp.on_main(save_checkpoint, ckpt, clf.cpu(), mcfg, extra={"stage": "cycit/classifier", **trainer.summary(),
