@@ -144,9 +144,10 @@ def _translator_step(model, b):
 def translator_pairs(bank: Bank) -> tuple[torch.Tensor, torch.Tensor]:
     """The (optical, SAR) pairs of ``bank`` a translator can learn from: cloud cover <= :data:`PAIR_MAX_COVER`.
 
-    Under cloud the optical image says nothing about the SAR one, so a translator fitted on those pairs learns to
-    output the mean SAR image; it would then map every clear source image to that flat mean too. The cover comes
-    from the cloud mask (an input), never from labels.
+    Under cloud the optical image says nothing about the SAR one, so those pairs can only teach the translator the
+    mean SAR image. (Measured on the development data, leaving them out changed little: CycIT 29.7 % OA against
+    31.3 % with every pair, the translated within-image std 0.19 against 0.20.) The cover comes from the cloud mask
+    (an input), never from labels.
     """
     keep = bank.coverage <= PAIR_MAX_COVER
     return bank.optical[keep], bank.sar[keep]
