@@ -167,13 +167,13 @@ def _backend_rate(model, optical: np.ndarray, sar: np.ndarray, min_time: float) 
     return len(optical) / statistics.median(times), cpu
 
 
-def _reader_cpu(run, min_time: float) -> tuple[float, float]:
-    """Triples/s of a one-thread :class:`~esccs.benchmarks.read.ReadRun` and its CPU seconds per triple."""
+def _reader_cpu(run, min_time: float) -> float:
+    """CPU seconds per triple of a one-thread :class:`~esccs.benchmarks.read.ReadRun`, read for ``min_time`` s."""
     cpu0, t0 = time.process_time(), time.perf_counter()
     n = 0
     while time.perf_counter() - t0 < min_time:
         n += run.read(run.batch)
-    return n / (time.perf_counter() - t0), (time.process_time() - cpu0) / n
+    return (time.process_time() - cpu0) / n
 
 
 def cpu_ceiling(backend: float, reader: float, cpu_backend: float, cpu_reader: float, cores: int) -> float:
@@ -222,13 +222,13 @@ def bench_parts(model_path: Path, data: Path, tiles: int = 4000, batch: int = 32
                                                              "cpu_reader_ms", "ceiling", "ceiling_ratio")}
                                         for w in workers}
     last: dict[int, dict] = {}
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = default_threads()
     one = runs[1] if 1 in runs else ReadRun(jobs, p, "fast", 1, "thread", batch=batch)
     for r in range(rounds):
         for w in workers if r % 2 == 0 else workers[::-1]:
             b, cpu_b = _backend_rate(model, opt, sar, min_time)
             rd = runs[w].rate(min_time)
-            _, cpu_r = _reader_cpu(one, min_time / 2)  # the CPU a triple costs, read by one in-process thread
+            cpu_r = _reader_cpu(one, min_time / 2)  # the CPU a triple costs, read by one in-process thread
             e = end_to_end(model_path, folder, batch, w, threads, scratch)
             last[w] = e
             row = rows[w]
@@ -249,7 +249,7 @@ def bench_parts(model_path: Path, data: Path, tiles: int = 4000, batch: int = 32
     if 1 not in runs:
         one.close()
     out = {"model": str(model_path), "patch": p, "tiles": tiles, "folder": str(folder), "batch": batch,
-           "backend_settings": model.backend.settings, "cores": default_threads(), "rounds": rounds,
+           "backend_settings": model.backend.settings, "cores": cores, "rounds": rounds,
            "min_time_s": min_time, "by_workers": {}}
     model.close()
     for w in workers:
