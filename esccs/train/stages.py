@@ -22,8 +22,7 @@ from torch import nn
 from esccs.errors import DataError
 from esccs.models import ModelConfig, create_model_from_config, load_checkpoint, save_checkpoint
 from esccs.ops import irm_kd, kd_rows, unimodal_kd
-from esccs.ops.irm_kd import irm_weights_reference
-from esccs.ops.irm_kd.reference import balance_from_rho
+from esccs.ops.irm_kd import balance_from_rho, irm_weights_reference
 from esccs.spec import S1_BANDS
 from esccs.train import distributed as ddp
 from esccs.train.bank import Bank

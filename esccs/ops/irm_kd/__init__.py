@@ -11,7 +11,13 @@ from torch import nn
 
 from esccs.ops._common import check_logits, check_loss_args, reduce_rows
 from esccs.ops._dispatch import use_fused
-from esccs.ops.irm_kd.reference import IRMKDOutput, irm_kd_reference, irm_weights_reference, validate_weight_args
+from esccs.ops.irm_kd.reference import (
+    IRMKDOutput,
+    balance_from_rho,
+    irm_kd_reference,
+    irm_weights_reference,
+    validate_weight_args,
+)
 
 
 def irm_kd(
@@ -84,4 +90,4 @@ class IRMKDLoss(nn.Module):
         return ", ".join(f"{key}={value!r}" for key, value in self.config.items())
 
 
-__all__ = ["IRMKDOutput", "irm_kd", "IRMKDLoss", "irm_kd_reference", "irm_weights_reference"]
+__all__ = ["IRMKDOutput", "irm_kd", "IRMKDLoss", "irm_kd_reference", "irm_weights_reference", "balance_from_rho"]
