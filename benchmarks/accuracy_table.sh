@@ -4,7 +4,7 @@
 #   core rows, every data set: esccs, esccs-paper, source-only, optical-only, sar-only, tlf-late, oracle-dual, and the
 #     two optical -> SAR transfers measured against sar-only: ttl, cycit
 #   other baselines and oracles, data seed 0 of each option: kd-s, tlf, kdhn, gdl, spl, oracle-optical, oracle-sar
-#   ablations of our options, plain data seed 0
+#   ablations of our options, plain data seed 0; the radiometric normalisation's, shifted data seed 0
 # Usage: benchmarks/accuracy_table.sh [WORK_DIR]   (default runs/table; re-running resumes: finished stages load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +15,8 @@ SIZE=${SIZE:-32}
 CONFIG=${CONFIG:-configs/table_cpu.yaml}
 CORE=esccs,esccs-paper,source-only,optical-only,sar-only,tlf-late,oracle-dual,ttl,cycit
 MORE=kd-s,tlf,kdhn,gdl,spl,oracle-optical,oracle-sar
-ABLATIONS=no-rounds,teacher-vote,mixture,no-source-clouds,no-cloud-step1,relabel-both
+ABLATIONS=no-rounds,teacher-vote,mixture,no-source-clouds,no-cloud-step1,relabel-both,no-calibration
+SHIFT_ABLATIONS=no-radiometric,no-calibration  # the radiometric option acts on shifted data only
 mkdir -p "$WORK/data" "$WORK/logs"
 export OMP_NUM_THREADS=1
 
@@ -27,11 +28,12 @@ job() {  # job OPTION SEED
   local methods=$CORE ablations=""
   [ "$seed" = 0 ] && methods="$CORE,$MORE"
   [ "$seed" = 0 ] && [ "$opt" = plain ] && ablations=$ABLATIONS
+  [ "$seed" = 0 ] && [ "$opt" = shift ] && ablations=$SHIFT_ABLATIONS
   "$ESCCS" train --data "$data" --out "$run" --seed "$seed" --method "$methods" ${ablations:+--ablation "$ablations"} \
     --config "$CONFIG" --quiet
 }
 export -f job
-export WORK ESCCS SAMPLES SIZE CONFIG CORE MORE ABLATIONS
+export WORK ESCCS SAMPLES SIZE CONFIG CORE MORE ABLATIONS SHIFT_ABLATIONS
 
 start=$(date +%s)
 # the two longest runs first, then the rest fill the two lanes

@@ -55,6 +55,21 @@ class Bank:
         return Bank([], self.optical[:0], self.sar[:0], torch.zeros(0, dtype=torch.long), self.coverage[:0],
                     self.split[:0], self.classes, self.opt_norm, self.sar_norm)
 
+    def renormalized(self, opt_norm: Normalizer) -> Bank:
+        """The bank with its optical images (and clear ones) normalised by ``opt_norm`` instead of ``self.opt_norm``.
+
+        Exact for normalisers with the same bands and clip range: ``y' = (y s + m - m') / s'``.
+        """
+        old = self.opt_norm
+        if tuple(opt_norm.bands) != tuple(old.bands) or tuple(opt_norm.clip) != tuple(old.clip):
+            raise DataError(self.meta.get("root", "bank"), f"cannot renormalise bands {list(old.bands)} "
+                            f"(clip {list(old.clip)}) with a normaliser of {list(opt_norm.bands)} "
+                            f"(clip {list(opt_norm.clip)})")
+        scale = torch.from_numpy(old.std / opt_norm.std).view(1, -1, 1, 1)
+        shift = torch.from_numpy((old.mean - opt_norm.mean) / opt_norm.std).view(1, -1, 1, 1)
+        remap = (lambda t: None if t is None else (t * scale + shift).float())  # noqa: E731
+        return replace(self, optical=remap(self.optical), clear=remap(self.clear), opt_norm=opt_norm)
+
     def where(self, split: str) -> Bank:
         """The samples of one split."""
         return self.subset(np.flatnonzero(self.split == split))

@@ -24,6 +24,7 @@ VOTES = ("teacher", "modality")
 RELABEL = ("sar", "both")
 FUSIONS = ("product", "mixture")
 SAR_TEACHERS = ("optical", "source")
+RADIOMETRIC = ("auto", "clear", "none")
 
 
 def _choices() -> dict[str, tuple[str, ...]]:
@@ -33,7 +34,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
 
     return {"policy": POLICIES, "irm_apply": IRM_APPLY, "reference": REFERENCES, "score": SCORES, "form": FORMS,
             "select": SELECT, "clouded": AUX_LABELS, "vote": VOTES, "relabel": RELABEL,
-            "fusion": FUSIONS, "sar_teacher": SAR_TEACHERS}
+            "fusion": FUSIONS, "sar_teacher": SAR_TEACHERS, "radiometric": RADIOMETRIC}
 
 
 def check_choice(where: str, value: str, choices) -> None:
@@ -134,6 +135,12 @@ class Step1Config:
     # labels and KD targets; f_O reads partly clouded patches better than f_S), "source" = f_S (the paper). On the
     # development data f_R was no better with "optical" (41.3 vs 40.7 % OA, 31 vs 41 % under full cloud).
     sar_teacher: str = "source"
+    # [ours] relative radiometric normalisation of the target's optical images: per band, the mean and std of the
+    # clear target-train patches (cloud cover from the mask) are mapped onto the source-train images' (an affine map
+    # folded into the target models' input normaliser, so exported models carry it). "clear": always; "auto": only
+    # when the band means differ beyond sampling noise (mean z^2 over bands > 4, esccs.train.stages.radiometric);
+    # "none": the paper (no correction).
+    radiometric: str = "auto"
 
     def __post_init__(self) -> None:
         _check_enums(self, "step1")
@@ -172,6 +179,10 @@ class Step2Config:
     # and its fused head starts as the product of f_O's and f_R's heads; "mixture": the IRM-weighted sum of three
     # KD terms (method.md's form)
     fusion: str = "product"
+    # [ours] temperature-scale f_O and f_R before step 2: each teacher's temperature minimises its NLL against
+    # step 1's pseudo-labels (f_S's argmax) on the visible patches of the held-out part of target-train (never target
+    # labels); the pooled teacher then weighs the modalities by how far each deserves its confidence. False = paper.
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         _check_enums(self, "step2")

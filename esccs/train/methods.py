@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from esccs.ops import kd_rows
+from esccs.train import distributed as ddp
 from esccs.train import stages as st
 from esccs.train.bank import Bank
 from esccs.train.config import Step1Config, TrainConfig
@@ -33,6 +34,7 @@ class Predictor:
     info: dict = field(default_factory=dict)
     irm: tuple | None = None  # (config, f_O, f_R) of an ESCCS-family model: the IRM diagnostics on the test split
     oracle: bool = False  # trained WITH target labels: an upper bound, never a method
+    prepare: Callable[[Bank], Bank] | None = None  # what ``fn`` does to a bank first (the IRM diagnostics need it)
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Context:
     progress: bool = True
     cache: dict = field(default_factory=dict)
     tval: Bank | None = None  # held-out part of target-train, labels held back
+    fixed: Callable[[Bank], Bank] | None = None  # set on a radiometrically corrected context: the map it applied
 
     def __post_init__(self) -> None:
         if self.tval is None:
@@ -94,6 +97,10 @@ class Context:
         ``suffix`` names the stage folders of a variant (``aux_optical<suffix>``); the run's own config has none.
         """
         s1 = step1 or self.cfg.step1
+        ctx, fix = self.radiometric(s1)
+        if ctx is not self:
+            return ctx.step1(s1, suffix)
+        suffix += "_rad" if fix is not None else ""
         key = f"step1:{suffix}"
         if key not in self.cache:
             pl, vpl = self.pseudo(s1, "tgt"), self.pseudo(s1, "tval")
@@ -108,14 +115,45 @@ class Context:
                                              logits=st.predict(aux_o, b.optical, device=self.device)["logits"])
                              for b in (self.tgt, self.tval))
             self.cache[key] = {
-                "pl": pl, "pl_sar": spl, "step1": s1, "aux_o": aux_o,
+                "pl": pl, "pl_sar": spl, "step1": s1, "aux_o": aux_o, "fix": fix, "suffix": suffix,
                 "aux_s": st.train_aux(cfg, self.tgt, spl, self.run, "sar", self.progress, f"aux_sar{suffix}",
                                       val=(self.tval, svpl)),
             }
         return self.cache[key]
 
+    def radiometric(self, step1: Step1Config | None = None) -> tuple[Context, Callable[[Bank], Bank] | None]:
+        """[ours] The context with radiometrically normalised target banks, and the map that does it to a bank.
+
+        ``step1.radiometric`` decides (this context and None when no correction applies). The corrected
+        context shares the run folder and f_S but has its own cache (f_S's logits change with the input); its
+        step-1 stage folders carry the suffix ``_rad``; its report lands in ``step1.json``.
+        """
+        if self.fixed is not None:
+            return self, self.fixed
+        s1 = step1 or self.cfg.step1
+        key = f"radiometric:{s1.radiometric}"
+        if key not in self.cache:
+            norm, report = st.radiometric(self.src, self.tgt, s1.radiometric)
+            if norm is None:
+                self.cache[key] = (self, None, report)
+            else:
+                def fix(b: Bank, norm=norm) -> Bank:
+                    return b.renormalized(norm)
+
+                ctx = Context(self.cfg, self.run, self.src, fix(self.tgt), self.progress,
+                              {"source": self.source()}, fix(self.tval), fixed=fix)
+                self.cache[key] = (ctx, fix, report)
+                if self.progress and ddp.is_main():
+                    print(f"radiometric normalisation of the target optical ({s1.radiometric}): mean z^2 "
+                          f"{report['mean_z2']} over {report['clear_patches']} clear patches", flush=True)
+        ctx, fix, _ = self.cache[key]
+        return ctx, fix
+
     def teachers(self, suffix: str = "", bank: str = "tgt", step1: Step1Config | None = None) -> dict:
         """The three teachers' logits on the fit (``tgt``) or held-out (``tval``) part of target-train (cached)."""
+        ctx, _ = self.radiometric(step1)
+        if ctx is not self:
+            return ctx.teachers(suffix, bank, step1)
         key = f"teachers:{suffix}:{bank}"
         if key not in self.cache:
             s1 = self.step1(step1, suffix)
@@ -139,8 +177,9 @@ def dual_predictor(name: str, model, ckpt: Path | None, device: str = "cpu") -> 
 
 # ------------------------------------------------------------------------------------------------------ ESCCS family
 #: docs/method.md's recipe: every option of ours off (the ``esccs-paper`` row); the config's other values are kept
-PAPER_STEP1 = {"cloud_max": 1.0, "clouded": "hard", "source_clouds": False, "sar_teacher": "source"}
-PAPER_STEP2 = {"vote": "teacher", "rounds": 0}
+PAPER_STEP1 = {"cloud_max": 1.0, "clouded": "hard", "source_clouds": False, "sar_teacher": "source",
+               "radiometric": "none"}
+PAPER_STEP2 = {"vote": "teacher", "rounds": 0, "calibrate": False}
 
 
 def esccs(ctx: Context, stage: str = "target", step1: dict | None = None, suffix: str = "", **step2) -> Predictor:
@@ -152,20 +191,34 @@ def esccs(ctx: Context, stage: str = "target", step1: dict | None = None, suffix
     """
     s1 = dataclasses.replace(ctx.cfg.step1, **(step1 or {}))
     cfg = dataclasses.replace(ctx.cfg, step1=s1, step2=dataclasses.replace(ctx.cfg.step2, **step2))
+    ctx, fix = ctx.radiometric(s1)
     aux = ctx.step1(s1, suffix)
     teachers, vteachers = ctx.teachers(suffix, "tgt", s1), ctx.teachers(suffix, "tval", s1)
     rounds = cfg.step2.rounds
+    temps = []
+
+    def calibrated(teachers: dict, vteachers: dict) -> tuple[dict, dict]:
+        if not cfg.step2.calibrate:
+            return teachers, vteachers
+        t = st.calibrate_teachers(vteachers, ctx.tval.coverage)
+        temps.append({k: round(v, 3) for k, v in t.items()})
+        return st.tempered(teachers, t), st.tempered(vteachers, t)
+
     name = stage if rounds == 0 else f"{stage}_round0"
+    teachers, vteachers = calibrated(teachers, vteachers)
     model = st.train_target(cfg, ctx.tgt, teachers, ctx.run, ctx.progress, name,
                             init_models=(aux["aux_o"], aux["aux_s"]), val=(ctx.tval, vteachers))
     aux_o, aux_s = aux["aux_o"], aux["aux_s"]
     for r in range(1, rounds + 1):
         aux_o, aux_s, teachers, vteachers = relabel_round(ctx, cfg, model, aux_o, aux_s, f"{stage}_r{r}")
+        teachers, vteachers = calibrated(teachers, vteachers)
         name = stage if r == rounds else f"{stage}_round{r}"
         model = st.train_target(cfg, ctx.tgt, teachers, ctx.run, ctx.progress, name,
                                 init_models=(aux_o, aux_s), val=(ctx.tval, vteachers))
     pred = dual_predictor(stage, model, ctx.checkpoint(stage), ctx.device)
-    pred.info = {"rounds": rounds, "vote": cfg.step2.vote, "cloud_max": s1.cloud_max, "clouded": s1.clouded}
+    _corrected(pred, fix)  # the target's optical input goes through the corrected normaliser, as the checkpoint says
+    pred.info = {"rounds": rounds, "vote": cfg.step2.vote, "cloud_max": s1.cloud_max, "clouded": s1.clouded,
+                 "radiometric": fix is not None, "temperatures": temps}
     pred.irm = (cfg, aux_o, aux_s)
     return pred
 
@@ -235,6 +288,8 @@ ABLATIONS: dict[str, dict] = {
     "no-rounds": {"rounds": 0},  # no cross-modal relabelling round
     "relabel-both": {"relabel": "both"},  # the relabelling round retrains f_O too
     "mixture": {"fusion": "mixture"},  # three IRM-weighted KD terms instead of the pooled teacher
+    "no-radiometric": {"step1": {"radiometric": "none"}},  # no relative radiometric normalisation of the target
+    "no-calibration": {"calibrate": False},  # f_O and f_R enter step 2 with their own confidence
 }
 
 
@@ -245,7 +300,11 @@ def ablation(ctx: Context, name: str) -> Predictor:
     opts = dict(ABLATIONS[name])
     step1 = opts.pop("step1", None)
     suffix = ""
-    if step1 and any(getattr(ctx.cfg.step1, k) != v for k, v in step1.items()):
+    changed = {k for k, v in (step1 or {}).items() if getattr(ctx.cfg.step1, k) != v}
+    if changed == {"radiometric"} and ctx.radiometric()[1] is None and \
+            ctx.radiometric(dataclasses.replace(ctx.cfg.step1, **step1))[1] is None:
+        changed = set()  # neither setting corrects this data: the ablation is the default recipe's stages
+    if changed:
         suffix = "_" + name
     return esccs(ctx, stage=f"ablation_{name}", step1=step1, suffix=suffix, **opts)
 
@@ -262,15 +321,24 @@ def single_step(ctx: Context) -> Predictor:
 
 
 # ---------------------------------------------------------------------------------------------- simple baselines
+def _corrected(pred: Predictor, fix: Callable[[Bank], Bank] | None) -> Predictor:
+    """``pred`` reading banks through the radiometric correction ``fix`` (unchanged when None)."""
+    if fix is not None:
+        pred.fn, pred.prepare = (lambda b, f=pred.fn: f(fix(b))), fix
+    return pred
+
+
 def optical_only(ctx: Context) -> Predictor:
     """The step-1 cloudy-optical auxiliary f_O alone."""
-    return classifier_predictor("aux_optical", ctx.step1()["aux_o"], "optical", ctx.checkpoint("aux_optical"),
-                                ctx.device)
+    s1 = ctx.step1()
+    return _corrected(classifier_predictor("aux_optical", s1["aux_o"], "optical",
+                                           ctx.checkpoint("aux_optical" + s1["suffix"]), ctx.device), s1["fix"])
 
 
 def sar_only(ctx: Context) -> Predictor:
     """The step-1 SAR auxiliary f_R alone."""
-    return classifier_predictor("aux_sar", ctx.step1()["aux_s"], "sar", ctx.checkpoint("aux_sar"), ctx.device)
+    s1 = ctx.step1()
+    return classifier_predictor("aux_sar", s1["aux_s"], "sar", ctx.checkpoint("aux_sar" + s1["suffix"]), ctx.device)
 
 
 def source_only(ctx: Context) -> Predictor:
@@ -321,11 +389,12 @@ def tlf_late(ctx: Context) -> Predictor:
     s1 = ctx.step1()
 
     def fn(b: Bank) -> dict:
-        po = st.predict(s1["aux_o"], b.optical, device=ctx.device)["logits"].softmax(1)
+        po = st.predict(s1["aux_o"], (s1["fix"] or (lambda x: x))(b).optical, device=ctx.device)["logits"].softmax(1)
         ps = st.predict(s1["aux_s"], b.sar, device=ctx.device)["logits"].softmax(1)
         return {"logits": torch.log((po + ps) / 2 + 1e-12)}
 
-    return Predictor("tlf-late", fn, None, "pipeline", {"components": ["aux_optical", "aux_sar"]})
+    return Predictor("tlf-late", fn, None, "pipeline",
+                     {"components": ["aux_optical" + s1["suffix"], "aux_sar" + s1["suffix"]]})
 
 
 def kdhn(ctx: Context, rounds: int = 2) -> Predictor:

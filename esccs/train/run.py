@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+from esccs.data.transforms import Normalizer
 from esccs.errors import ConfigError
 from esccs.io.atomic import write_json
 from esccs.train import distributed as ddp
@@ -75,7 +76,8 @@ def train(cfg: TrainConfig, methods: list[str], ablations: list[str] = (), progr
         irm_test = None
         if pred.irm is not None:
             pcfg, aux_o, aux_s = pred.irm
-            irm_test = st.irm_inputs(st.teacher_logits(ctx.source(), aux_o, aux_s, test, cfg.device), pcfg.step2,
+            seen = pred.prepare(test) if pred.prepare is not None else test  # the teachers' own input
+            irm_test = st.irm_inputs(st.teacher_logits(ctx.source(), aux_o, aux_s, seen, cfg.device), pcfg.step2,
                                      test.coverage)
         out = pred.fn(test)
         res = evaluate_outputs(out, test, irm_test if pred.kind == "dual" else None)
@@ -119,7 +121,12 @@ def stage_summaries(run: Path) -> dict:
 def _write_step1(ctx: Context, run: Path) -> None:
     """Filter yield and pseudo-label precision (against held-back labels) of every step-1 policy used."""
     reports = {}
-    for key, value in ctx.cache.items():
+    items = list(ctx.cache.items())
+    for key, (actx, _, report) in [(k, v) for k, v in items if k.startswith("radiometric:")]:
+        reports[key] = report  # [ours] the radiometric normalisation's decision and map
+        if actx is not ctx:
+            items += [(k, v) for k, v in actx.cache.items() if k.startswith("step1:")]
+    for key, value in items:
         if key.startswith("step1:"):
             pl = value["pl"]
             from esccs.train.filters import filter_report
@@ -150,6 +157,10 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | Path, progress: bool = Tru
     bands = tuple(mcfg.optical_bands or TrainConfig().bands)
     test = load_bank(data, "target", bands, progress=progress)
     test = test.where("test") if (test.split == "test").any() else test
+    reads_optical = mcfg.family == "dual" or mcfg.modality == "optical"
+    if reads_optical and isinstance(mcfg.normalization, dict) and "optical" in mcfg.normalization:
+        # the checkpoint's own optical normaliser (e.g. a radiometrically corrected target model's)
+        test = test.renormalized(Normalizer.from_dict(mcfg.normalization["optical"]))
     if mcfg.family == "dual":
         out = st.predict(model, test.optical, test.sar)
     else:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esccs.data.transforms import Normalizer
 from esccs.errors import DataError
 from esccs.models import ModelConfig, create_model_from_config, load_checkpoint, save_checkpoint
 from esccs.ops import irm_kd, kd_rows, unimodal_kd
@@ -153,6 +154,67 @@ def valid_range(bank: Bank) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------------------- step 1
+#: [ours] relative radiometric normalisation: target patches this clear give the target's band statistics; "auto"
+#: corrects when the mean squared z of the per-scene band-mean differences exceeds RADIOMETRIC_Z2 (development data:
+#: 1.6 on plain data, 10.6 and 16.0 under a sensor + season shift); fewer than RADIOMETRIC_MIN clear patches: none
+RADIOMETRIC_CLEAR_MAX = 0.05
+RADIOMETRIC_Z2 = 4.0
+RADIOMETRIC_MIN = 10
+
+
+def radiometric(src: Bank, tgt: Bank, mode: str) -> tuple[Normalizer | None, dict]:
+    """[ours] The target's optical normaliser after relative radiometric normalisation, or None; and a report.
+
+    Per band, the pixel mean and std of target-train's clear patches (cloud cover <= :data:`RADIOMETRIC_CLEAR_MAX`,
+    from the mask; never labels) are mapped onto those of the source-train images: ``y' = a y + c`` on normalised
+    values with ``a = sd_S / sd_T``, ``c = mu_S - a mu_T``, folded into a :class:`Normalizer` (``std / a``,
+    ``mean - c std / a``) so a model trained on it carries the correction into export and inference. ``mode``:
+    ``"clear"`` always corrects, ``"auto"`` only when the band means differ beyond sampling noise: with per-patch
+    band means, ``z_b = (mean_T - mean_S) / sqrt(var_T / n_T + var_S / n_S)`` and ``mean_b z_b^2 >``
+    :data:`RADIOMETRIC_Z2`, the means taken per scene (patches of one scene overlap, so they are not independent
+    draws); ``"none"`` never.
+    """
+    report: dict = {"mode": mode, "applied": False}
+    if mode == "none":
+        return None, report
+    s = src.where("train") if (src.split == "train").any() else src
+    t = tgt.subset(torch.nonzero(tgt.coverage <= RADIOMETRIC_CLEAR_MAX).flatten())
+    report.update(clear_patches=len(t), source_patches=len(s))
+    if len(t) < RADIOMETRIC_MIN or len(s) < RADIOMETRIC_MIN:
+        report["why"] = f"fewer than {RADIOMETRIC_MIN} clear target-train patches"
+        return None, report
+    xs, xt = s.optical.double(), t.optical.double()
+    ms, mt = _scene_means(s, xs), _scene_means(t, xt)  # (scenes, C): patches of one scene overlap
+    report.update(source_scenes=len(ms), clear_scenes=len(mt))
+    z = (mt.mean(0) - ms.mean(0)) / (mt.var(0) / len(mt) + ms.var(0) / len(ms)).sqrt().clamp_min(1e-12)
+    report["mean_z2"] = round(float((z ** 2).mean()), 3)
+    if mode == "auto" and report["mean_z2"] <= RADIOMETRIC_Z2:
+        report["why"] = f"band means agree (mean z^2 {report['mean_z2']} <= {RADIOMETRIC_Z2})"
+        return None, report
+    pix = lambda x: x.transpose(0, 1).reshape(x.shape[1], -1)  # noqa: E731 - (C, N*H*W)
+    mu_s, sd_s, mu_t, sd_t = pix(xs).mean(1), pix(xs).std(1), pix(xt).mean(1), pix(xt).std(1).clamp_min(1e-6)
+    a = (sd_s / sd_t).numpy()
+    c = (mu_s - sd_s / sd_t * mu_t).numpy()
+    norm = tgt.opt_norm
+    folded = Normalizer(norm.bands, (norm.mean - c * norm.std / a).astype(np.float32),
+                        (norm.std / a).astype(np.float32), norm.clip)
+    report.update(applied=True, gain=[round(float(v), 4) for v in a], offset=[round(float(v), 4) for v in c])
+    return folded, report
+
+
+def _scene_means(bank: Bank, x: torch.Tensor) -> torch.Tensor:
+    """Band means per scene group ``(G, C)`` of normalised images ``x`` of ``bank`` (per patch without groups)."""
+    m = x.mean((2, 3))
+    if bank.groups is None or len(m) < 2:
+        return m
+    keys, inv = np.unique(bank.groups, return_inverse=True)
+    if len(keys) < 2:
+        return m
+    inv = torch.as_tensor(inv)
+    sums = torch.zeros(len(keys), m.shape[1], dtype=m.dtype).index_add_(0, inv, m)
+    return sums / torch.bincount(inv, minlength=len(keys)).unsqueeze(1).to(m.dtype)
+
+
 def pseudo_label(source: nn.Module, tgt: Bank, step1: Step1Config, device: str = "cpu",
                  logits: torch.Tensor | None = None) -> dict:
     """Teacher logits on the target, pseudo-labels, and the indices the filter keeps.
@@ -317,6 +379,39 @@ def irm_inputs(teachers: dict, s2: Step2Config, coverage: torch.Tensor | None = 
     return {"pi": pi, "rho": rho, "k": k, "ybar": ybar}
 
 
+#: [ours] teacher calibration: held-out patches at most this clouded carry f_S's pseudo-labels for the fit; fewer
+#: than CALIBRATE_MIN of them leave the teachers as they are; temperatures searched on a log grid over this range
+CALIBRATE_MAX_COVER = 0.25
+CALIBRATE_MIN = 10
+CALIBRATE_RANGE = (0.2, 10.0)
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 81) -> float:
+    """The temperature T in :data:`CALIBRATE_RANGE` minimising ``CE(logits / T, labels)`` (log grid, ties: lowest)."""
+    grid = torch.logspace(np.log10(CALIBRATE_RANGE[0]), np.log10(CALIBRATE_RANGE[1]), steps, dtype=torch.float64)
+    z = logits.double()
+    nll = torch.stack([F.cross_entropy(z / t, labels) for t in grid])
+    return float(grid[int(nll.argmin())])
+
+
+def calibrate_teachers(held: dict, coverage: torch.Tensor) -> dict:
+    """[ours] ``{"a_o": T_O, "a_s": T_R}`` fitted on held-out teacher logits against f_S's argmax (visible patches).
+
+    The labels are step 1's pseudo-labels (``held["u"].argmax(1)``) on held-out patches with cloud cover at most
+    :data:`CALIBRATE_MAX_COVER`: no target label is read. Too few such patches: both temperatures 1.
+    """
+    keep = coverage <= CALIBRATE_MAX_COVER
+    if int(keep.sum()) < CALIBRATE_MIN:
+        return {"a_o": 1.0, "a_s": 1.0}
+    y = held["u"][keep].argmax(1)
+    return {k: fit_temperature(held[k][keep], y) for k in ("a_o", "a_s")}
+
+
+def tempered(teachers: dict, temps: dict) -> dict:
+    """The teachers' logits divided by their temperatures (keys without one are kept)."""
+    return {k: (v / temps[k] if k in temps else v) for k, v in teachers.items()}
+
+
 def pooled_logits(teachers: dict, coverage: torch.Tensor) -> torch.Tensor:
     """[ours] Log-linear pool of the modalities: ``v log p^O + log p^R`` with ``v = 1 - cover``.
 
@@ -411,5 +506,6 @@ def stratum_ids(coverage: torch.Tensor) -> np.ndarray:
 
 
 __all__ = ["model_config", "run_stage", "checkpoint_path", "predict", "train_source", "pseudo_label", "train_aux",
-           "aux_data", "train_target", "target_data", "teacher_logits", "irm_inputs", "modality_weights",
+           "aux_data", "radiometric", "calibrate_teachers", "fit_temperature", "tempered",
+           "train_target", "target_data", "teacher_logits", "irm_inputs", "modality_weights",
            "regulated_kd", "target_step", "aux_step", "stratum_ids"]

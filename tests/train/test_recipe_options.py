@@ -136,5 +136,8 @@ def test_every_ablation_of_our_options_turns_one_option_off():
     assert ABLATIONS["hard-clouded"]["step1"] == {"clouded": "hard"} and cfg.step1.clouded == "soft"
     assert ABLATIONS["no-source-clouds"]["step1"] == {"source_clouds": False} and cfg.step1.source_clouds
     assert ABLATIONS["relabel-both"] == {"relabel": "both"} and cfg.step2.relabel == "sar"
-    assert PAPER_STEP1 == {"cloud_max": 1.0, "clouded": "hard", "source_clouds": False, "sar_teacher": "source"}
-    assert PAPER_STEP2 == {"vote": "teacher", "rounds": 0}
+    assert PAPER_STEP1 == {"cloud_max": 1.0, "clouded": "hard", "source_clouds": False, "sar_teacher": "source",
+                           "radiometric": "none"}
+    assert ABLATIONS["no-radiometric"] == {"step1": {"radiometric": "none"}} and cfg.step1.radiometric == "auto"
+    assert PAPER_STEP2 == {"vote": "teacher", "rounds": 0, "calibrate": False}
+    assert ABLATIONS["no-calibration"] == {"calibrate": False} and cfg.step2.calibrate

@@ -1,0 +1,63 @@
+"""[ours] Teachers temperature-scaled on the held-out part of target-train before step 2 (``step2.calibrate``)."""
+
+import torch
+
+from esccs.train import stages as st
+from esccs.train.config import load_config
+
+K = 5
+
+
+def _overconfident(n, factor, seed):
+    """Logits whose labels are drawn from softmax(z), reported as ``factor * z`` (over-confident by ``factor``)."""
+    g = torch.Generator().manual_seed(seed)
+    z = 1.5 * torch.randn(n, K, generator=g)
+    y = torch.multinomial(z.softmax(1), 1, generator=g)[:, 0]
+    return factor * z, y
+
+
+def test_the_fitted_temperature_undoes_a_known_overconfidence():
+    for factor in (0.5, 1.0, 3.0):
+        logits, y = _overconfident(20000, factor, int(10 * factor))
+        t = st.fit_temperature(logits, y)
+        assert abs(t / factor - 1) < 0.08, (factor, t)
+
+
+def test_only_visible_held_out_patches_and_f_s_labels_are_used():
+    logits_o, y = _overconfident(400, 3.0, 1)
+    logits_s = logits_o / 6  # the same scores, under-confident by 2
+    u = torch.nn.functional.one_hot(y, K).float() * 10  # f_S's argmax: the labels
+    cover = torch.cat([torch.zeros(200), torch.ones(200)])
+    held = {"u": u, "a_o": logits_o, "a_s": logits_s}
+    temps = st.calibrate_teachers(held, cover)
+    # clouded rows do not count: scrambling them (logits and f_S's labels) changes nothing
+    scrambled = {k: torch.cat([v[:200], v[200:].flip(0).roll(1, 1)]) for k, v in held.items()}
+    assert st.calibrate_teachers(scrambled, cover) == temps
+    assert temps["a_o"] > 2.0 and temps["a_s"] < 1.0  # over-confident f_O is softened; f_R is sharpened
+    assert set(temps) == {"a_o", "a_s"}  # f_S is never rescaled
+    assert st.calibrate_teachers(held, torch.ones(400)) == {"a_o": 1.0, "a_s": 1.0}  # nothing visible: unchanged
+
+
+def test_the_pooled_teacher_uses_the_calibrated_logits():
+    cfg = load_config(None, {})
+    assert cfg.step2.calibrate and cfg.step2.fusion == "product" and cfg.step2.vote == "modality"
+    g = torch.Generator().manual_seed(0)
+    teachers = {k: torch.randn(6, K, generator=g) for k in ("u", "a_o", "a_s")}
+    cover = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 0.0])
+    temps = {"a_o": 0.5, "a_s": 2.0}
+    t = st.tempered(teachers, temps)
+    assert torch.equal(t["u"], teachers["u"])
+    class _Bank:  # what target_data reads of a bank
+        optical, sar, coverage = torch.zeros(6, 1, 2, 2), torch.zeros(6, 2, 2, 2), cover
+
+        def __len__(self):
+            return 6
+
+    bank = _Bank()
+    data, _ = st.target_data(cfg, bank, t)
+    v = (1 - cover).unsqueeze(1)
+    want = v * (teachers["a_o"] / 0.5).log_softmax(1) + (teachers["a_s"] / 2.0).log_softmax(1)
+    torch.testing.assert_close(data["pooled"], want)
+    assert torch.equal(data["target"], want.argmax(1))
+    raw, _ = st.target_data(cfg, bank, teachers)
+    assert not torch.allclose(raw["pooled"], data["pooled"])
