@@ -137,9 +137,9 @@ class Step1Config:
     sar_teacher: str = "source"
     # [ours] relative radiometric normalisation of the target's optical images: per band, the mean and std of the
     # clear target-train patches (cloud cover from the mask) are mapped onto the source-train images' (an affine map
-    # folded into the target models' input normaliser, so exported models carry it). "clear": always; "auto": only
-    # when the band means differ beyond sampling noise (mean z^2 over bands > 4, esccs.train.stages.radiometric);
-    # "none": the paper (no correction).
+    # folded into the target models' input normaliser, so exported models carry it). "clear": whenever there are
+    # enough clear patches; "auto": only when the band means differ beyond sampling noise and by enough to matter
+    # (esccs.train.stages.radiometric); "none": the paper (no correction).
     radiometric: str = "auto"
 
     def __post_init__(self) -> None:

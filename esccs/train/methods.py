@@ -301,9 +301,7 @@ def ablation(ctx: Context, name: str) -> Predictor:
     step1 = opts.pop("step1", None)
     suffix = ""
     changed = {k for k, v in (step1 or {}).items() if getattr(ctx.cfg.step1, k) != v}
-    if changed == {"radiometric"} and ctx.radiometric()[1] is None and \
-            ctx.radiometric(dataclasses.replace(ctx.cfg.step1, **step1))[1] is None:
-        changed = set()  # neither setting corrects this data: the ablation is the default recipe's stages
+    changed.discard("radiometric")  # corrected step-1 stages carry "_rad" already: no folder of their own needed
     if changed:
         suffix = "_" + name
     return esccs(ctx, stage=f"ablation_{name}", step1=step1, suffix=suffix, **opts)

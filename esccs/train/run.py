@@ -147,7 +147,9 @@ def load_results(run: str | Path) -> dict[str, dict]:
 def evaluate_checkpoint(ckpt: str | Path, data: str | Path, progress: bool = True) -> dict:
     """Evaluate one checkpoint on the target test split of ``data`` (scores by stratum + diagnostics).
 
-    A dual model is fed cloudy optical + SAR, an optical classifier the cloudy optical, a SAR classifier the SAR.
+    A dual model is fed cloudy optical + SAR, an optical classifier the cloudy optical, a SAR classifier the SAR;
+    the optical input goes through the checkpoint's own normaliser (a radiometrically corrected model's included).
+    The result also holds the per-sample predictions (``ids``, ``pred``).
     When the checkpoint sits in a run folder with the step-1 teachers, the IRM weights per stratum are added.
     """
     from esccs.models import load_checkpoint
@@ -167,7 +169,9 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | Path, progress: bool = Tru
         out = st.predict(model, test.optical if mcfg.modality == "optical" else test.sar)
     irm = None
     run = ckpt.parent.parent
-    teachers = [run / n / "model.safetensors" for n in ("source", "aux_optical", "aux_sar")]
+    corrected = reads_optical and test.opt_norm.to_dict() != Normalizer.for_bands(bands).to_dict()
+    sfx = "_rad" if corrected else ""  # a radiometrically corrected run's step-1 teachers (methods.Context)
+    teachers = [run / n / "model.safetensors" for n in ("source", f"aux_optical{sfx}", f"aux_sar{sfx}")]
     if mcfg.family == "dual" and all(p.exists() for p in teachers):
         from esccs.train.config import load_config
 
@@ -175,5 +179,6 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | Path, progress: bool = Tru
         models = [load_checkpoint(p)[0] for p in teachers]
         irm = st.irm_inputs(st.teacher_logits(*models, test), cfg.step2, test.coverage)
     res = evaluate_outputs(out, test, irm)
-    res.update(method=ckpt.parent.name, checkpoint=str(ckpt), kind=mcfg.family)
+    res.update(method=ckpt.parent.name, checkpoint=str(ckpt), kind=mcfg.family, ids=list(test.ids),
+               pred=out["logits"].argmax(1).tolist())
     return res

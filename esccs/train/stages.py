@@ -12,6 +12,7 @@ epoch when interrupted. Target labels are never read here.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from esccs.data.transforms import Normalizer
-from esccs.errors import DataError
+from esccs.errors import ConfigError, DataError
 from esccs.models import ModelConfig, create_model_from_config, load_checkpoint, save_checkpoint
 from esccs.ops import irm_kd, kd_rows, unimodal_kd
 from esccs.ops.irm_kd import balance_from_rho, irm_weights_reference
@@ -50,9 +51,31 @@ def checkpoint_path(run: Path, stage: str) -> Path:
     return Path(run) / stage / "model.safetensors"
 
 
+def check_reuse(ckpt: Path, saved: ModelConfig, meta: dict, mcfg: ModelConfig, recipe: dict | None) -> None:
+    """Refuse to reuse a finished stage trained with another input normaliser or another recipe.
+
+    Raises:
+        ConfigError: naming the stage folder and the first setting that differs (a checkpoint saved without a
+            recipe is only checked for its normaliser).
+    """
+    where = ckpt.parent
+    if saved.normalization != mcfg.normalization:
+        raise ConfigError(f"{where}: this finished stage was trained with another input normaliser (e.g. with or "
+                          "without step1.radiometric's correction); delete the folder or train into another --out")
+    old = meta.get("recipe")
+    if recipe is not None and old is not None and old != recipe:
+        key = next(k for k in sorted(set(old) | set(recipe)) if old.get(k) != recipe.get(k))
+        raise ConfigError(f"{where}: this finished stage was trained with {key} = {old.get(key)!r}, the config asks "
+                          f"for {recipe.get(key)!r}; delete the folder or train into another --out")
+
+
 def run_stage(run: Path, stage: str, mcfg: ModelConfig, data: dict, step, loop: LoopConfig, progress: bool = True,
-              extra: dict | None = None, erase_range=None, init=None, val: dict | None = None) -> nn.Module:
+              extra: dict | None = None, erase_range=None, init=None, val: dict | None = None,
+              recipe: dict | None = None) -> nn.Module:
     """Train (or load, when ``run/stage/model.safetensors`` exists) one model and save its checkpoint.
+
+    ``recipe`` (JSON-able settings that define the stage besides its architecture) is saved with it; a finished
+    stage is reused only with the same normaliser and recipe (:func:`check_reuse`).
 
     ``init(model)`` may copy weights into the fresh model before training (e.g. the optical encoder from f_S).
     ``val`` (the same keys as ``data``) selects the checkpoint epoch (``loop.select``); the sidecar records the
@@ -60,7 +83,8 @@ def run_stage(run: Path, stage: str, mcfg: ModelConfig, data: dict, step, loop: 
     """
     ckpt = checkpoint_path(run, stage)
     if ckpt.exists():
-        model, _, _ = load_checkpoint(ckpt, expect=mcfg.name)
+        model, saved, meta = load_checkpoint(ckpt, expect=mcfg.name)
+        check_reuse(ckpt, saved, meta, mcfg, recipe)
         return model.to(loop.device).eval()
     torch.manual_seed(loop.seed)
     model = create_model_from_config(mcfg)
@@ -73,7 +97,8 @@ def run_stage(run: Path, stage: str, mcfg: ModelConfig, data: dict, step, loop: 
     if ddp.is_main():
         print(f"  {stage}: {summary['steps']} steps, selected epoch {summary['selected_epoch'] + 1}/"
               f"{summary['epochs']} ({summary['select']}{sel})", flush=True)
-    ddp.on_main(save_checkpoint, ckpt, model.cpu(), mcfg, extra={"stage": stage, **summary, **(extra or {})})
+    rec = {} if recipe is None else {"recipe": recipe}
+    ddp.on_main(save_checkpoint, ckpt, model.cpu(), mcfg, extra={"stage": stage, **summary, **(extra or {}), **rec})
     return model.to(loop.device).eval()
 
 
@@ -155,10 +180,13 @@ def valid_range(bank: Bank) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---------------------------------------------------------------------------------------------------------- step 1
 #: [ours] relative radiometric normalisation: target patches this clear give the target's band statistics; "auto"
-#: corrects when the mean squared z of the per-scene band-mean differences exceeds RADIOMETRIC_Z2 (development data:
-#: 1.6 on plain data, 10.6 and 16.0 under a sensor + season shift); fewer than RADIOMETRIC_MIN clear patches: none
+#: corrects when the band means differ beyond sampling noise (mean squared z of the per-scene band-mean differences
+#: above RADIOMETRIC_Z2; development data: 1.6 on plain data, 10.6 and 16.0 under a sensor + season shift) AND by
+#: enough to matter (mean |difference| above RADIOMETRIC_EFFECT source standard deviations; 0.07 plain, 0.28 and
+#: 0.29 shifted: z alone grows with the number of scenes); fewer than RADIOMETRIC_MIN clear patches: no correction
 RADIOMETRIC_CLEAR_MAX = 0.05
 RADIOMETRIC_Z2 = 4.0
+RADIOMETRIC_EFFECT = 0.15
 RADIOMETRIC_MIN = 10
 
 
@@ -169,10 +197,12 @@ def radiometric(src: Bank, tgt: Bank, mode: str) -> tuple[Normalizer | None, dic
     from the mask; never labels) are mapped onto those of the source-train images: ``y' = a y + c`` on normalised
     values with ``a = sd_S / sd_T``, ``c = mu_S - a mu_T``, folded into a :class:`Normalizer` (``std / a``,
     ``mean - c std / a``) so a model trained on it carries the correction into export and inference. ``mode``:
-    ``"clear"`` always corrects, ``"auto"`` only when the band means differ beyond sampling noise: with per-patch
-    band means, ``z_b = (mean_T - mean_S) / sqrt(var_T / n_T + var_S / n_S)`` and ``mean_b z_b^2 >``
-    :data:`RADIOMETRIC_Z2`, the means taken per scene (patches of one scene overlap, so they are not independent
-    draws); ``"none"`` never.
+    ``"clear"`` corrects whenever there are enough clear patches, ``"auto"`` only when the band means
+    differ beyond sampling noise: with band means per scene (patches of one scene overlap, so they are not
+    independent draws), ``z_b = (mean_T - mean_S) / sqrt(var_T / n_T + var_S / n_S)`` and ``mean_b z_b^2 >``
+    :data:`RADIOMETRIC_Z2`, and by enough to matter: the mean ``|mean_T - mean_S| / sd_S`` over bands >
+    :data:`RADIOMETRIC_EFFECT`; ``"none"`` never. The statistics come from ``tgt`` as given (the fit part of
+    target-train).
     """
     report: dict = {"mode": mode, "applied": False}
     if mode == "none":
@@ -183,16 +213,18 @@ def radiometric(src: Bank, tgt: Bank, mode: str) -> tuple[Normalizer | None, dic
     if len(t) < RADIOMETRIC_MIN or len(s) < RADIOMETRIC_MIN:
         report["why"] = f"fewer than {RADIOMETRIC_MIN} clear target-train patches"
         return None, report
-    xs, xt = s.optical.double(), t.optical.double()
-    ms, mt = _scene_means(s, xs), _scene_means(t, xt)  # (scenes, C): patches of one scene overlap
+    ms, mt = _scene_means(s), _scene_means(t)  # (scenes, C): patches of one scene overlap
     report.update(source_scenes=len(ms), clear_scenes=len(mt))
+    mu_s, sd_s = _band_moments(s.optical)
+    mu_t, sd_t = _band_moments(t.optical)
+    sd_t = sd_t.clamp_min(1e-6)
     z = (mt.mean(0) - ms.mean(0)) / (mt.var(0) / len(mt) + ms.var(0) / len(ms)).sqrt().clamp_min(1e-12)
     report["mean_z2"] = round(float((z ** 2).mean()), 3)
-    if mode == "auto" and report["mean_z2"] <= RADIOMETRIC_Z2:
-        report["why"] = f"band means agree (mean z^2 {report['mean_z2']} <= {RADIOMETRIC_Z2})"
+    report["effect"] = round(float(((mu_t - mu_s).abs() / sd_s.clamp_min(1e-6)).mean()), 3)
+    if mode == "auto" and (report["mean_z2"] <= RADIOMETRIC_Z2 or report["effect"] <= RADIOMETRIC_EFFECT):
+        report["why"] = (f"band means agree (mean z^2 {report['mean_z2']}, limit {RADIOMETRIC_Z2}; mean |difference| "
+                         f"{report['effect']} sd, limit {RADIOMETRIC_EFFECT})")
         return None, report
-    pix = lambda x: x.transpose(0, 1).reshape(x.shape[1], -1)  # noqa: E731 - (C, N*H*W)
-    mu_s, sd_s, mu_t, sd_t = pix(xs).mean(1), pix(xs).std(1), pix(xt).mean(1), pix(xt).std(1).clamp_min(1e-6)
     a = (sd_s / sd_t).numpy()
     c = (mu_s - sd_s / sd_t * mu_t).numpy()
     norm = tgt.opt_norm
@@ -202,9 +234,23 @@ def radiometric(src: Bank, tgt: Bank, mode: str) -> tuple[Normalizer | None, dic
     return folded, report
 
 
-def _scene_means(bank: Bank, x: torch.Tensor) -> torch.Tensor:
-    """Band means per scene group ``(G, C)`` of normalised images ``x`` of ``bank`` (per patch without groups)."""
-    m = x.mean((2, 3))
+def _band_moments(x: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-band pixel mean and std of ``(N, C, H, W)`` images, accumulated in float64 a chunk at a time."""
+    n, c = 0, x.shape[1]
+    s1, s2 = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64)
+    for i in range(0, len(x), chunk):
+        b = x[i:i + chunk].double()
+        s1 += b.sum((0, 2, 3))
+        s2 += (b ** 2).sum((0, 2, 3))
+        n += b.numel() // c
+    mean = s1 / max(n, 1)
+    var = (s2 / max(n, 1) - mean ** 2) * n / max(n - 1, 1)
+    return mean, var.clamp_min(0).sqrt()
+
+
+def _scene_means(bank: Bank) -> torch.Tensor:
+    """Band means per scene group ``(G, C)`` of ``bank.optical`` (per patch without groups)."""
+    m = torch.cat([bank.optical[i:i + 256].double().mean((2, 3)) for i in range(0, len(bank), 256)])
     if bank.groups is None or len(m) < 2:
         return m
     keys, inv = np.unique(bank.groups, return_inverse=True)
@@ -332,9 +378,11 @@ def train_aux(cfg: TrainConfig, tgt: Bank, pl: dict, run: Path, modality: str, p
     vdata = aux_data(val[0], val[1], modality, cfg.step1) if val is not None and len(val[0]) else None
     if extra_val:
         vdata = {k: torch.cat([v, extra_val[k]]) for k, v in vdata.items()} if vdata else extra_val
+    # what defines the stage (the radiometric correction is in its normaliser, checked apart)
+    recipe = {f"step1.{k}": v for k, v in dataclasses.asdict(cfg.step1).items() if k != "radiometric"}
     return run_stage(run, stage or f"aux_{modality}", model_config(cfg, tgt, modality), data, step, cfg.loop("aux"),
                      progress, extra={"kept": int(len(pl["kept"]))}, erase_range=valid_range(tgt), init=init_fn,
-                     val=vdata)
+                     val=vdata, recipe=recipe)
 
 
 # ---------------------------------------------------------------------------------------------------------- step 2
@@ -487,8 +535,9 @@ def train_target(cfg: TrainConfig, tgt: Bank, teachers: dict, run: Path, progres
     init = init_from(*init_models) if init_models and cfg.step2.init_from_teachers else None
     if init is not None and cfg.step2.vote == "modality" and cfg.step2.fusion == "product":
         init = init_from(*init_models, product_head=True)
+    recipe = {f"step2.{k}": v for k, v in dataclasses.asdict(cfg.step2).items()}
     return run_stage(run, stage, model_config(cfg, tgt, "dual"), data, target_step(cfg.step2), cfg.loop("target"),
-                     progress, extra={"mean_pi": irm["pi"].mean(0).tolist()}, init=init, val=vdata)
+                     progress, extra={"mean_pi": irm["pi"].mean(0).tolist()}, init=init, val=vdata, recipe=recipe)
 
 
 def teacher_logits(source: nn.Module, aux_o: nn.Module, aux_s: nn.Module, tgt: Bank, device: str = "cpu") -> dict:

@@ -1,5 +1,7 @@
 """[ours] Relative radiometric normalisation of the target's optical images (``step1.radiometric``)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -57,9 +59,8 @@ def test_the_map_removes_a_sensor_gain_and_offset_exactly():
     assert report["applied"] and report["mean_z2"] > st.RADIOMETRIC_Z2 and report["clear_patches"] == 20
     fixed = tgt.renormalized(norm)
     clear = torch.as_tensor(cover == 0)
-    # an affine change of the DN is undone: the corrected clear target images are the source images
-    # (exact here because the clear target patches are the even source patches, whose statistics match all of them
-    # only approximately; compare against the map estimated from exactly those patches)
+    # an affine change of the DN is undone: estimated against exactly the source patches the clear target patches
+    # came from, the corrected clear target images are those source images
     src_even = _bank(raw[clear.numpy()], np.zeros(20), "s")
     norm_even, _ = st.radiometric(src_even, tgt, "clear")
     torch.testing.assert_close(tgt.renormalized(norm_even).optical[clear], src_even.optical, rtol=1e-4, atol=1e-3)
@@ -67,6 +68,9 @@ def test_the_map_removes_a_sensor_gain_and_offset_exactly():
     px = lambda x: x.transpose(0, 1).reshape(x.shape[1], -1)  # noqa: E731
     torch.testing.assert_close(px(fixed.optical[clear]).mean(1), px(src.optical).mean(1), rtol=0, atol=1e-3)
     torch.testing.assert_close(px(fixed.optical[clear]).std(1), px(src.optical).std(1), rtol=1e-3, atol=1e-3)
+    mean, std = st._band_moments(fixed.optical[clear], chunk=3)  # the chunked moments the map is built from
+    torch.testing.assert_close(mean, px(fixed.optical[clear]).double().mean(1))
+    torch.testing.assert_close(std, px(fixed.optical[clear]).double().std(1))
     torch.testing.assert_close(fixed.optical, torch.from_numpy(norm(clouded)), rtol=1e-5, atol=1e-4)
 
 
@@ -77,6 +81,12 @@ def test_auto_leaves_data_without_a_shift_alone():
     assert norm is None and not report["applied"] and report["mean_z2"] <= st.RADIOMETRIC_Z2, report
     assert st.radiometric(src, tgt, "clear")[0] is not None  # "clear" always corrects
     assert st.radiometric(src, tgt, "none") == (None, {"mode": "none", "applied": False})
+    # many scenes make a tiny offset "significant": the effect-size floor keeps auto from correcting it
+    big_src = _bank(_raw(800, 5), np.zeros(800), "s")
+    nudged = _bank(_raw(800, 6) + 20.0, np.zeros(800), "t")  # about 0.1 sd
+    norm, report = st.radiometric(big_src, nudged, "auto")
+    assert norm is None and report["mean_z2"] > st.RADIOMETRIC_Z2 and report["effect"] <= st.RADIOMETRIC_EFFECT
+    assert st.radiometric(big_src, nudged, "clear")[0] is not None
     few = _bank(_raw(8, 4), np.r_[np.zeros(4), np.ones(4)], "t")
     norm, report = st.radiometric(src, few, "clear")
     assert norm is None and "fewer than" in report["why"]
@@ -94,23 +104,54 @@ def test_a_corrected_run_carries_its_normaliser_into_the_checkpoint(tmp_path):
     data = tmp_path / "d"
     synthesize(SynthConfig(out=data, samples=360, size=16, patches_per_scene=12, workers=1, seed=5, shift="sensor"),
                progress=False)
-    cfg = load_config(None, {"data": str(data), "out": str(tmp_path / "run"), "model.arch": "resnet10",
-                             "model.width": 8, "source.epochs": 1, "aux.epochs": 1, "target.epochs": 1,
-                             "step1.min_per_class": 2, "step1.radiometric": "clear", "step2.rounds": 0})
+    cfg_over = {"data": str(data), "out": str(tmp_path / "run"), "model.arch": "resnet10", "model.width": 8,
+                "source.epochs": 1, "aux.epochs": 1, "target.epochs": 1, "step1.min_per_class": 2,
+                "step1.radiometric": "clear", "step2.rounds": 0}
+    cfg = load_config(None, cfg_over)
     res = train(cfg, ["esccs", "optical-only", "source-only"], progress=False)
     run = tmp_path / "run"
     assert (run / "aux_optical_rad").is_dir() and not (run / "aux_optical").exists()
     assert res["esccs"]["info"]["radiometric"] is True
-    report = __import__("json").loads((run / "step1.json").read_text())["radiometric:clear"]
+    report = json.loads((run / "step1.json").read_text())["radiometric:clear"]
     assert report["applied"] and len(report["gain"]) == len(cfg.bands)
+    assert len(res["esccs"]["info"]["temperatures"]) == 1  # calibrated once (no relabelling round here)
     for name, ckpt in (("esccs", run / "target" / "model.safetensors"),
                        ("optical-only", run / "aux_optical_rad" / "model.safetensors"),
                        ("source-only", run / "source" / "model.safetensors")):
         again = evaluate_checkpoint(ckpt, data, progress=False)
+        assert again["ids"] == res[name]["ids"] and again["pred"] == res[name]["pred"], name
         assert again["overall"] == res[name]["overall"], name
+    assert evaluate_checkpoint(run / "target" / "model.safetensors", data, progress=False)["diagnostics"]
+    # the same run folder with the correction off refuses to reuse the corrected target
+    with pytest.raises(ConfigError, match="another input normaliser"):
+        train(load_config(None, {**cfg_over, "step1.radiometric": "none"}), ["esccs"], progress=False)
     from esccs.models import load_checkpoint
 
     norm_t = load_checkpoint(run / "target" / "model.safetensors")[1].normalization["optical"]
     norm_s = load_checkpoint(run / "source" / "model.safetensors")[1].normalization["optical"]
     assert norm_t != norm_s  # the target model's normaliser is the corrected one, the source model's the official one
     assert norm_s == Normalizer.for_bands(cfg.bands).to_dict()
+
+
+def test_a_finished_stage_is_reused_only_with_its_normaliser_and_recipe(tmp_path):
+    from esccs.models import create_model_from_config, save_checkpoint
+
+    bank = _bank(_raw(4, 7), np.zeros(4), "t")
+    cfg = load_config(None, {"model.arch": "resnet10", "model.width": 8})
+    mcfg = st.model_config(cfg, bank, "optical")
+    save_checkpoint(st.checkpoint_path(tmp_path, "aux_optical"), create_model_from_config(mcfg), mcfg,
+                    extra={"recipe": {"step1.q": 0.5}})
+    loop = cfg.loop("aux")
+    no_training = None  # the stage exists: nothing is trained, so no data and no step are needed
+    assert st.run_stage(tmp_path, "aux_optical", mcfg, {}, no_training, loop, recipe={"step1.q": 0.5}) is not None
+    assert st.run_stage(tmp_path, "aux_optical", mcfg, {}, no_training, loop) is not None  # no recipe: normaliser only
+    with pytest.raises(ConfigError, match="aux_optical: .*step1.q = 0.5, the config asks for 0.7"):
+        st.run_stage(tmp_path, "aux_optical", mcfg, {}, no_training, loop, recipe={"step1.q": 0.7})
+    other = st.model_config(cfg, bank.renormalized(_shifted_norm()), "optical")
+    with pytest.raises(ConfigError, match="another input normaliser"):
+        st.run_stage(tmp_path, "aux_optical", other, {}, no_training, loop, recipe={"step1.q": 0.5})
+
+
+def _shifted_norm():
+    n = Normalizer.for_bands(BANDS)
+    return Normalizer(n.bands, n.mean + 10, n.std * 1.1, n.clip)

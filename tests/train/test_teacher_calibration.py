@@ -61,3 +61,46 @@ def test_the_pooled_teacher_uses_the_calibrated_logits():
     assert torch.equal(data["target"], want.argmax(1))
     raw, _ = st.target_data(cfg, bank, teachers)
     assert not torch.allclose(raw["pooled"], data["pooled"])
+
+
+def test_esccs_calibrates_the_teachers_of_every_round(monkeypatch, tmp_path):
+    """The recipe hands step 2 the teachers divided by temperatures fitted on the held-out part, round by round."""
+    import numpy as np
+
+    from esccs.data.transforms import Normalizer
+    from esccs.train import methods
+    from esccs.train.bank import Bank
+
+    def bank(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        cov = torch.tensor([0.0, 0.25, 0.5, 1.0] * (n // 4))
+        return Bank([f"p{i}" for i in range(n)], torch.randn(n, 3, 4, 4, generator=g), torch.randn(n, 2, 4, 4),
+                    torch.full((n,), -1), cov, np.array(["train"] * n), tuple("abcde"),
+                    Normalizer.for_bands(("B02", "B03", "B04")), Normalizer.for_bands(("VV", "VH")))
+
+    def logits(n, seed, factor):
+        z, y = _overconfident(n, factor, seed)
+        return {"u": torch.nn.functional.one_hot(y, K).float() * 5, "a_o": z, "a_s": z / factor * 0.5}
+
+    raw = {"tgt": logits(40, 1, 3.0), "tval": logits(40, 2, 3.0)}
+    after = {"tgt": logits(40, 3, 0.3), "tval": logits(40, 4, 0.3)}  # the relabelled round's teachers
+    seen = []
+    monkeypatch.setattr(methods.Context, "step1", lambda self, s1=None, suffix="": {"aux_o": None, "aux_s": None})
+    monkeypatch.setattr(methods.Context, "teachers", lambda self, suffix="", b="tgt", step1=None: raw[b])
+    monkeypatch.setattr(methods, "relabel_round", lambda ctx, cfg, m, o, s, p: (o, s, after["tgt"], after["tval"]))
+    monkeypatch.setattr(st, "train_target", lambda cfg, tgt, teachers, *a, **k: seen.append((teachers, k["val"][1])))
+    for calibrate in (True, False):
+        seen.clear()
+        cfg = load_config(None, {"step1.radiometric": "none", "step2.rounds": 1, "step2.calibrate": calibrate})
+        ctx = methods.Context(cfg, tmp_path, bank(8, 0), bank(40, 1), False, tval=bank(40, 2))
+        pred = methods.esccs(ctx)
+        assert len(seen) == 2
+        for (teachers, vteachers), source in zip(seen, (raw, after)):
+            temps = st.calibrate_teachers(source["tval"], ctx.tval.coverage) if calibrate else {"a_o": 1, "a_s": 1}
+            for k in ("a_o", "a_s"):
+                torch.testing.assert_close(teachers[k], source["tgt"][k] / temps[k])
+                torch.testing.assert_close(vteachers[k], source["tval"][k] / temps[k])
+            assert torch.equal(teachers["u"], source["tgt"]["u"])
+        assert len(pred.info["temperatures"]) == (2 if calibrate else 0)
+        if calibrate:
+            assert pred.info["temperatures"][0] != pred.info["temperatures"][1]  # refitted after the round
