@@ -37,6 +37,10 @@ class Predictor:
     prepare: Callable[[Bank], Bank] | None = None  # what ``fn`` does to a bank first (the IRM diagnostics need it)
 
 
+#: [ours] stage-folder suffix of the step-1 models trained on radiometrically corrected target banks
+RADIOMETRIC_SUFFIX = "_rad"
+
+
 @dataclass
 class Context:
     """What every recipe of one run shares: config, run folder, data, and the shared stages (trained lazily).
@@ -100,7 +104,7 @@ class Context:
         ctx, fix = self.radiometric(s1)
         if ctx is not self:
             return ctx.step1(s1, suffix)
-        suffix += "_rad" if fix is not None else ""
+        suffix += RADIOMETRIC_SUFFIX if fix is not None else ""
         key = f"step1:{suffix}"
         if key not in self.cache:
             pl, vpl = self.pseudo(s1, "tgt"), self.pseudo(s1, "tval")
@@ -126,7 +130,7 @@ class Context:
 
         ``step1.radiometric`` decides (this context and None when no correction applies). The corrected
         context shares the run folder and f_S but has its own cache (f_S's logits change with the input); its
-        step-1 stage folders carry the suffix ``_rad``; its report lands in ``step1.json``.
+        step-1 stage folders carry :data:`RADIOMETRIC_SUFFIX`; its report lands in ``step1.json``.
         """
         if self.fixed is not None:
             return self, self.fixed
@@ -301,7 +305,7 @@ def ablation(ctx: Context, name: str) -> Predictor:
     step1 = opts.pop("step1", None)
     suffix = ""
     changed = {k for k, v in (step1 or {}).items() if getattr(ctx.cfg.step1, k) != v}
-    changed.discard("radiometric")  # corrected step-1 stages carry "_rad" already: no folder of their own needed
+    changed.discard("radiometric")  # corrected step-1 stages carry RADIOMETRIC_SUFFIX: no folder of their own needed
     if changed:
         suffix = "_" + name
     return esccs(ctx, stage=f"ablation_{name}", step1=step1, suffix=suffix, **opts)

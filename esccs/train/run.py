@@ -20,7 +20,7 @@ from esccs.train import stages as st
 from esccs.train.bank import Bank, holdout, load_bank
 from esccs.train.config import TrainConfig, save_config
 from esccs.train.evaluate import evaluate_outputs, summary_line
-from esccs.train.methods import METHODS, Context, Predictor, ablation
+from esccs.train.methods import METHODS, RADIOMETRIC_SUFFIX, Context, Predictor, ablation
 
 
 def load_banks(cfg: TrainConfig, progress: bool = True) -> tuple[Bank, Bank, Bank]:
@@ -170,7 +170,7 @@ def evaluate_checkpoint(ckpt: str | Path, data: str | Path, progress: bool = Tru
     irm = None
     run = ckpt.parent.parent
     corrected = reads_optical and test.opt_norm.to_dict() != Normalizer.for_bands(bands).to_dict()
-    sfx = "_rad" if corrected else ""  # a radiometrically corrected run's step-1 teachers (methods.Context)
+    sfx = RADIOMETRIC_SUFFIX if corrected else ""  # a radiometrically corrected run's step-1 teachers
     teachers = [run / n / "model.safetensors" for n in ("source", f"aux_optical{sfx}", f"aux_sar{sfx}")]
     if mcfg.family == "dual" and all(p.exists() for p in teachers):
         from esccs.train.config import load_config
