@@ -15,8 +15,8 @@ METHOD_HELP = ("esccs (our recipe), esccs-paper (docs/method.md's recipe), sourc
 # Spelled out (not read from esccs.train.methods) so `esccs --help` does not import torch; tests/cli/test_help.py
 # checks that both lists name every registered method and ablation.
 ABLATION_HELP = ("no-irm, irm-a, irm-b, no-filter, maxprob-filter, step2-filter, source-ref, single-step, "
-                 "no-cloud-step1, no-source-clouds, hard-clouded, teacher-vote, no-rounds, relabel-both, mixture, "
-                 "no-radiometric, no-calibration, a comma list, or all")
+                 "no-cloud-step1, no-source-clouds, hard-clouded, teacher-vote, no-rounds, one-round, relabel-both, "
+                 "mixture, no-radiometric, no-calibration, a comma list, or all")
 
 
 @click.command()

@@ -211,14 +211,17 @@ def esccs(ctx: Context, stage: str = "target", step1: dict | None = None, suffix
     name = stage if rounds == 0 else f"{stage}_round0"
     teachers, vteachers = calibrated(teachers, vteachers)
     model = st.train_target(cfg, ctx.tgt, teachers, ctx.run, ctx.progress, name,
-                            init_models=(aux["aux_o"], aux["aux_s"]), val=(ctx.tval, vteachers))
+                            init_models=(aux["aux_o"], aux["aux_s"]), val=(ctx.tval, vteachers),
+                            recipe=st.step2_recipe(cfg, 0))
     aux_o, aux_s = aux["aux_o"], aux["aux_s"]
     for r in range(1, rounds + 1):
-        aux_o, aux_s, teachers, vteachers = relabel_round(ctx, cfg, model, aux_o, aux_s, f"{stage}_r{r}")
+        aux_o, aux_s, teachers, vteachers = relabel_round(ctx, cfg, model, aux_o, aux_s, f"{stage}_r{r}",
+                                                          st.step2_recipe(cfg, r))
         teachers, vteachers = calibrated(teachers, vteachers)
         name = stage if r == rounds else f"{stage}_round{r}"
         model = st.train_target(cfg, ctx.tgt, teachers, ctx.run, ctx.progress, name,
-                                init_models=(aux_o, aux_s), val=(ctx.tval, vteachers))
+                                init_models=(aux_o, aux_s), val=(ctx.tval, vteachers),
+                                recipe=st.step2_recipe(cfg, r))
     pred = dual_predictor(stage, model, ctx.checkpoint(stage), ctx.device)
     _corrected(pred, fix)  # the target's optical input goes through the corrected normaliser, as the checkpoint says
     pred.info = {"rounds": rounds, "vote": cfg.step2.vote, "cloud_max": s1.cloud_max, "clouded": s1.clouded,
@@ -242,11 +245,11 @@ def agreement_labels(z_t: torch.Tensor, a_o: torch.Tensor, a_s: torch.Tensor, co
             "kept_sar": torch.nonzero(agree).flatten(), "clouded": torch.nonzero(~visible).flatten()}
 
 
-def relabel_round(ctx: Context, cfg: TrainConfig, target, aux_o, aux_s, prefix: str):
+def relabel_round(ctx: Context, cfg: TrainConfig, target, aux_o, aux_s, prefix: str, recipe: dict | None = None):
     """[ours] One cross-modal relabelling round; returns the new f_O, f_R and their logits on both parts.
 
     f_T relabels target-train; f_O and f_R retrain on the agreed labels, each from its previous weights, with KD to
-    f_T's logits.
+    f_T's logits. ``recipe`` is the round's (the retrained auxiliaries are reused only under it).
     """
     out = {}
     for bank in ("tgt", "tval"):
@@ -259,9 +262,9 @@ def relabel_round(ctx: Context, cfg: TrainConfig, target, aux_o, aux_s, prefix: 
     new_o = aux_o
     if cfg.step2.relabel == "both":
         new_o = st.train_aux(cfg, ctx.tgt, out["tgt"], ctx.run, "optical", ctx.progress, f"{prefix}_aux_optical",
-                             val=(ctx.tval, out["tval"]), init=aux_o)
+                             val=(ctx.tval, out["tval"]), init=aux_o, recipe=recipe)
     new_s = st.train_aux(cfg, ctx.tgt, sar_pl["tgt"], ctx.run, "sar", ctx.progress, f"{prefix}_aux_sar",
-                         val=(ctx.tval, sar_pl["tval"]), init=aux_s)
+                         val=(ctx.tval, sar_pl["tval"]), init=aux_s, recipe=recipe)
     teachers = {}
     for bank in ("tgt", "tval"):
         b = getattr(ctx, bank)
@@ -290,6 +293,7 @@ ABLATIONS: dict[str, dict] = {
     "hard-clouded": {"step1": {"clouded": "hard"}},  # clouded patches dropped from f_O, no soft target
     "teacher-vote": {"vote": "teacher"},  # docs/method.md's three equal votes in the consensus and IRM-A
     "no-rounds": {"rounds": 0},  # no cross-modal relabelling round
+    "one-round": {"rounds": 1},  # one relabelling round instead of step2.rounds (3)
     "relabel-both": {"relabel": "both"},  # the relabelling round retrains f_O too
     "mixture": {"fusion": "mixture"},  # three IRM-weighted KD terms instead of the pooled teacher
     "no-radiometric": {"step1": {"radiometric": "none"}},  # no relative radiometric normalisation of the target

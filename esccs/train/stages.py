@@ -54,6 +54,9 @@ def checkpoint_path(run: Path, stage: str) -> Path:
 def check_reuse(ckpt: Path, saved: ModelConfig, meta: dict, mcfg: ModelConfig, recipe: dict | None) -> None:
     """Refuse to reuse a finished stage trained with another input normaliser or another recipe.
 
+    Settings both recipes record are compared; one the checkpoint did not record (an older run) or the stage no
+    longer records (an intermediate relabelling round does not depend on the number of rounds) is not.
+
     Raises:
         ConfigError: naming the stage folder and the first setting that differs (a checkpoint saved without a
             recipe is only checked for its normaliser).
@@ -63,8 +66,9 @@ def check_reuse(ckpt: Path, saved: ModelConfig, meta: dict, mcfg: ModelConfig, r
         raise ConfigError(f"{where}: this finished stage was trained with another input normaliser (e.g. with or "
                           "without step1.radiometric's correction); delete the folder or train into another --out")
     old = meta.get("recipe")
-    if recipe is not None and old is not None and old != recipe:
-        key = next(k for k in sorted(set(old) | set(recipe)) if old.get(k) != recipe.get(k))
+    differs = [] if recipe is None or old is None else sorted(k for k in set(old) & set(recipe) if old[k] != recipe[k])
+    if differs:
+        key = differs[0]
         raise ConfigError(f"{where}: this finished stage was trained with {key} = {old.get(key)!r}, the config asks "
                           f"for {recipe.get(key)!r}; delete the folder or train into another --out")
 
@@ -355,17 +359,37 @@ def source_cloud_data(src: Bank, source: nn.Module, step1: Step1Config, seed: in
     return {"optical": x, "target": target, "teacher": teacher}
 
 
+def step1_recipe(cfg: TrainConfig) -> dict:
+    """The step-1 settings that define a stage (the radiometric correction is in its normaliser, checked apart)."""
+    return {f"step1.{k}": v for k, v in dataclasses.asdict(cfg.step1).items() if k != "radiometric"}
+
+
+def step2_recipe(cfg: TrainConfig, round_: int | None = None) -> dict:
+    """The settings that define a step-2 stage: step 1's (its teachers) and step 2's.
+
+    With ``round_`` = r (a stage of ESCCS's relabelling chain), ``step2.round`` = r is recorded, and
+    ``step2.rounds`` only for the last round: round r's model is the same whatever the number of rounds after it.
+    """
+    rec = {**step1_recipe(cfg), **{f"step2.{k}": v for k, v in dataclasses.asdict(cfg.step2).items()}}
+    if round_ is not None:
+        rec["step2.round"] = round_
+        if round_ != cfg.step2.rounds:
+            del rec["step2.rounds"]
+    return rec
+
+
 def train_aux(cfg: TrainConfig, tgt: Bank, pl: dict, run: Path, modality: str, progress: bool = True,
               stage: str | None = None, source: nn.Module | None = None, val: tuple[Bank, dict] | None = None,
               init: nn.Module | None = None, extra_rows: dict | None = None,
-              extra_val: dict | None = None) -> nn.Module:
+              extra_val: dict | None = None, recipe: dict | None = None) -> nn.Module:
     """Step 1: an auxiliary model (``optical``: cloudy optical; ``sar``) on the filtered pseudo-labels.
 
     The optical auxiliary starts from the source model's weights when ``source`` is given and
     ``step1.init_from_source`` is set; the SAR auxiliary starts from scratch (other input), unless ``init`` (a
     trained model of the same kind, e.g. the previous relabelling round's) is given. ``val`` = (held-out bank, its
     pseudo-labels) selects the checkpoint. ``extra_rows`` / ``extra_val`` (same keys) are added to the training /
-    validation rows.
+    validation rows. ``recipe`` (default: :func:`step1_recipe`) is what the stage is reused under; a relabelling
+    round's auxiliary passes its round's :func:`step2_recipe` (its labels come from that round's target).
     """
     data = aux_data(tgt, pl, modality, cfg.step1)
     if extra_rows:
@@ -378,8 +402,7 @@ def train_aux(cfg: TrainConfig, tgt: Bank, pl: dict, run: Path, modality: str, p
     vdata = aux_data(val[0], val[1], modality, cfg.step1) if val is not None and len(val[0]) else None
     if extra_val:
         vdata = {k: torch.cat([v, extra_val[k]]) for k, v in vdata.items()} if vdata else extra_val
-    # what defines the stage (the radiometric correction is in its normaliser, checked apart)
-    recipe = {f"step1.{k}": v for k, v in dataclasses.asdict(cfg.step1).items() if k != "radiometric"}
+    recipe = step1_recipe(cfg) if recipe is None else recipe
     return run_stage(run, stage or f"aux_{modality}", model_config(cfg, tgt, modality), data, step, cfg.loop("aux"),
                      progress, extra={"kept": int(len(pl["kept"]))}, erase_range=valid_range(tgt), init=init_fn,
                      val=vdata, recipe=recipe)
@@ -524,18 +547,19 @@ def target_data(cfg: TrainConfig, bank: Bank, teachers: dict) -> tuple[dict, dic
 
 def train_target(cfg: TrainConfig, tgt: Bank, teachers: dict, run: Path, progress: bool = True,
                  stage: str = "target", init_models: tuple | None = None,
-                 val: tuple[Bank, dict] | None = None) -> nn.Module:
+                 val: tuple[Bank, dict] | None = None, recipe: dict | None = None) -> nn.Module:
     """Step 2: the dual-branch target from all target-train samples (unfiltered unless ``step2.filter``).
 
     ``init_models`` = ``(f_O, f_R)``: with ``step2.init_from_teachers`` the two encoders start from theirs.
     ``val`` = (held-out bank, its teacher logits) selects the epoch against the held-out reference labels.
+    ``recipe`` (default: :func:`step2_recipe`) is what the stage is reused under.
     """
     data, irm = target_data(cfg, tgt, teachers)
     vdata = target_data(cfg, val[0], val[1])[0] if val is not None and len(val[0]) else None
     init = init_from(*init_models) if init_models and cfg.step2.init_from_teachers else None
     if init is not None and cfg.step2.vote == "modality" and cfg.step2.fusion == "product":
         init = init_from(*init_models, product_head=True)
-    recipe = {f"step2.{k}": v for k, v in dataclasses.asdict(cfg.step2).items()}
+    recipe = step2_recipe(cfg) if recipe is None else recipe
     return run_stage(run, stage, model_config(cfg, tgt, "dual"), data, target_step(cfg.step2), cfg.loop("target"),
                      progress, extra={"mean_pi": irm["pi"].mean(0).tolist()}, init=init, val=vdata, recipe=recipe)
 

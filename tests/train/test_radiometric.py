@@ -155,3 +155,39 @@ def test_a_finished_stage_is_reused_only_with_its_normaliser_and_recipe(tmp_path
 def _shifted_norm():
     n = Normalizer.for_bands(BANDS)
     return Normalizer(n.bands, n.mean + 10, n.std * 1.1, n.clip)
+
+
+def test_a_relabelling_round_is_reused_whatever_rounds_follow_it_and_step2_stages_record_step1(tmp_path):
+    cfg1 = load_config(None, {"step2.rounds": 1})
+    cfg2 = load_config(None, {"step2.rounds": 2})
+    # round 0 and the round-1 auxiliary are the same models whether one or two rounds follow
+    assert st.step2_recipe(cfg1, 0) == st.step2_recipe(cfg2, 0) and "step2.rounds" not in st.step2_recipe(cfg2, 1)
+    # the last round records the number of rounds: rounds 1 -> 2 does not reuse the final model
+    assert st.step2_recipe(cfg1, 1)["step2.rounds"] == 1 and st.step2_recipe(cfg2, 2)["step2.rounds"] == 2
+    # a step-2 stage depends on its teachers' step-1 settings
+    other = load_config(None, {"step1.cloud_max": 0.5})
+    assert st.step2_recipe(other)["step1.cloud_max"] == 0.5 != st.step2_recipe(cfg1)["step1.cloud_max"]
+
+    bank = _bank(_raw(4, 7), np.zeros(4), "t")
+    small = load_config(None, {"model.arch": "resnet10", "model.width": 8})
+    mcfg = st.model_config(small, bank, "dual")
+    from esccs.models import create_model_from_config, save_checkpoint
+
+    # a checkpoint of a one-round run: its final model, and its round 0
+    tmp = tmp_path
+    save_checkpoint(st.checkpoint_path(tmp, "target"), create_model_from_config(mcfg),
+                    mcfg, extra={"recipe": st.step2_recipe(cfg1, 1)})
+    save_checkpoint(st.checkpoint_path(tmp, "target_round0"), create_model_from_config(mcfg), mcfg,
+                    extra={"recipe": st.step2_recipe(cfg1, 0)})
+    loop = small.loop("target")
+    assert st.run_stage(tmp, "target_round0", mcfg, {}, None, loop, recipe=st.step2_recipe(cfg2, 0)) is not None
+    with pytest.raises(ConfigError, match=r"target: .*step2.rounds? = 1, the config asks for 2"):
+        st.run_stage(tmp, "target", mcfg, {}, None, loop, recipe=st.step2_recipe(cfg2, 2))
+    with pytest.raises(ConfigError, match=r"target_round0: .*step1.cloud_max"):
+        st.run_stage(tmp, "target_round0", mcfg, {}, None, loop, recipe=st.step2_recipe(other, 0))
+    # an older checkpoint that recorded step 2 only is still checked on what it recorded
+    old = {k: v for k, v in st.step2_recipe(cfg1).items() if k.startswith("step2.")}
+    save_checkpoint(st.checkpoint_path(tmp, "older"), create_model_from_config(mcfg), mcfg, extra={"recipe": old})
+    assert st.run_stage(tmp, "older", mcfg, {}, None, loop, recipe=st.step2_recipe(cfg1)) is not None
+    with pytest.raises(ConfigError, match=r"older: .*step2.beta"):
+        st.run_stage(tmp, "older", mcfg, {}, None, loop, recipe=st.step2_recipe(load_config(None, {"step2.beta": 0.1})))

@@ -87,14 +87,29 @@ def test_esccs_calibrates_the_teachers_of_every_round(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr(methods.Context, "step1", lambda self, s1=None, suffix="": {"aux_o": None, "aux_s": None})
     monkeypatch.setattr(methods.Context, "teachers", lambda self, suffix="", b="tgt", step1=None: raw[b])
-    monkeypatch.setattr(methods, "relabel_round", lambda ctx, cfg, m, o, s, p: (o, s, after["tgt"], after["tval"]))
-    monkeypatch.setattr(st, "train_target", lambda cfg, tgt, teachers, *a, **k: seen.append((teachers, k["val"][1])))
+    recipes = []
+
+    def relabel(ctx, cfg, m, o, s, prefix, recipe):
+        recipes.append((prefix, recipe))
+        return o, s, after["tgt"], after["tval"]
+
+    def train_target(cfg, tgt, teachers, run, progress, name, **k):
+        recipes.append((name, k["recipe"]))
+        seen.append((teachers, k["val"][1]))
+
+    monkeypatch.setattr(methods, "relabel_round", relabel)
+    monkeypatch.setattr(st, "train_target", train_target)
     for calibrate in (True, False):
         seen.clear()
+        recipes.clear()
         cfg = load_config(None, {"step1.radiometric": "none", "step2.rounds": 1, "step2.calibrate": calibrate})
         ctx = methods.Context(cfg, tmp_path, bank(8, 0), bank(40, 1), False, tval=bank(40, 2))
         pred = methods.esccs(ctx)
         assert len(seen) == 2
+        # each stage of the chain is reused under its own round's settings
+        assert [(name, r["step2.round"], r.get("step2.rounds")) for name, r in recipes] == [
+            ("target_round0", 0, None), ("target_r1", 1, 1), ("target", 1, 1)]
+        assert all(r["step2.calibrate"] == calibrate for _, r in recipes)
         for (teachers, vteachers), source in zip(seen, (raw, after)):
             temps = st.calibrate_teachers(source["tval"], ctx.tval.coverage) if calibrate else {"a_o": 1, "a_s": 1}
             for k in ("a_o", "a_s"):
