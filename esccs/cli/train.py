@@ -12,7 +12,7 @@ from esccs.cli._options import int_list
 METHOD_HELP = ("esccs (our recipe), esccs-paper (docs/method.md's recipe), source-only, optical-only, sar-only, kd-s, "
                "tlf, tlf-late, kdhn, spl, ttl, cycit, gdl, oracle-dual, oracle-optical, oracle-sar (upper bounds "
                "trained with target labels), a comma list, or all")
-# Spelled out (not read from esccs.train.methods) so `esccs --help` does not import torch; tests/cli/test_help.py
+# Spelled out (not read from esccs.train.methods) so `esccs --help` does not import torch; tests/test_cli.py
 # checks that both lists name every registered method and ablation.
 ABLATION_HELP = ("no-irm, irm-a, irm-b, no-filter, maxprob-filter, step2-filter, source-ref, single-step, "
                  "no-cloud-step1, no-source-clouds, hard-clouded, teacher-vote, no-rounds, one-round, relabel-both, "
