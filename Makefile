@@ -41,7 +41,7 @@ demo: $(STAMP)
 	$(BIN)/esccs data show $(DEMO)/data --out $(DEMO)/quicklook.png
 	@echo "== 3/8 how much each modality tells (probe classifier on held-out target scenes)"
 	$(BIN)/esccs data probe $(DEMO)/data --out $(DEMO)/probe.json
-	@echo "== 4/8 ESCCS: source -> step 1 (two auxiliaries) -> step 2 (IRM distillation) -> relabelling round; and the dual oracle"
+	@echo "== 4/8 ESCCS: source -> step 1 (two auxiliaries) -> step 2 (IRM distillation) -> 3 relabelling rounds; and the dual oracle"
 	rm -rf $(DEMO)/run
 	$(BIN)/esccs train --data $(DEMO)/data --out $(DEMO)/run --method esccs,source-only,sar-only,tlf-late,oracle-dual \
 		--config configs/demo.yaml --quiet

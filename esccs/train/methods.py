@@ -320,9 +320,12 @@ def single_step(ctx: Context) -> Predictor:
     cfg = dataclasses.replace(ctx.cfg, step2=dataclasses.replace(ctx.cfg.step2, gamma=0.0, irm_b=False,
                                                                  vote="teacher"))
     u, uv = ctx.source_logits("tgt"), ctx.source_logits("tval")
+    # no relabelling chain; step 1's settings matter only through step2.filter
+    recipe = {k: v for k, v in st.step2_recipe(cfg).items()
+              if k != "step2.rounds" and (cfg.step2.filter or not k.startswith("step1."))}
     model = st.train_target(cfg, ctx.tgt, {"u": u, "a_o": u, "a_s": u}, ctx.run, ctx.progress,
                             "ablation_single-step", init_models=(ctx.source(), None),
-                            val=(ctx.tval, {"u": uv, "a_o": uv, "a_s": uv}))
+                            val=(ctx.tval, {"u": uv, "a_o": uv, "a_s": uv}), recipe=recipe)
     return dual_predictor("ablation_single-step", model, ctx.checkpoint("ablation_single-step"), ctx.device)
 
 

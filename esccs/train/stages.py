@@ -51,11 +51,31 @@ def checkpoint_path(run: Path, stage: str) -> Path:
     return Path(run) / stage / "model.safetensors"
 
 
+#: recipe keys one side may lack: a chain stage's round (older checkpoints did not record it) and the number of
+#: rounds (only the last stage of the chain records it)
+_MAY_LACK = ("step2.round", "step2.rounds")
+
+
+def _recipe_differences(old: dict, new: dict) -> list[str]:
+    """Settings that differ between a saved recipe and the config's, sorted (see :func:`check_reuse`)."""
+    groups_old, groups_new = {k.split(".")[0] for k in old}, {k.split(".")[0] for k in new}
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if k in old and k in new:
+            if old[k] != new[k]:
+                out.append(k)
+        elif k not in _MAY_LACK and k.split(".")[0] in groups_old & groups_new:
+            out.append(k)  # a setting of a group both record, present on one side only (added, removed)
+    return out
+
+
 def check_reuse(ckpt: Path, saved: ModelConfig, meta: dict, mcfg: ModelConfig, recipe: dict | None) -> None:
     """Refuse to reuse a finished stage trained with another input normaliser or another recipe.
 
-    Settings both recipes record are compared; one the checkpoint did not record (an older run) or the stage no
-    longer records (an intermediate relabelling round does not depend on the number of rounds) is not.
+    Every setting of a group both recipes record (``step1.*``, ``step2.*``) is compared, one that only one side has
+    included; a group the checkpoint did not record at all (a stage saved before it was recorded, e.g. a step-2
+    stage's step-1 settings) is not, nor ``step2.round`` / ``step2.rounds`` where one side lacks them (an
+    intermediate relabelling round does not depend on the number of rounds after it).
 
     Raises:
         ConfigError: naming the stage folder and the first setting that differs (a checkpoint saved without a
@@ -66,11 +86,13 @@ def check_reuse(ckpt: Path, saved: ModelConfig, meta: dict, mcfg: ModelConfig, r
         raise ConfigError(f"{where}: this finished stage was trained with another input normaliser (e.g. with or "
                           "without step1.radiometric's correction); delete the folder or train into another --out")
     old = meta.get("recipe")
-    differs = [] if recipe is None or old is None else sorted(k for k in set(old) & set(recipe) if old[k] != recipe[k])
+    differs = [] if recipe is None or old is None else _recipe_differences(old, recipe)
     if differs:
         key = differs[0]
-        raise ConfigError(f"{where}: this finished stage was trained with {key} = {old.get(key)!r}, the config asks "
-                          f"for {recipe.get(key)!r}; delete the folder or train into another --out")
+        was = f"{key} = {old[key]!r}" if key in old else f"no {key}"
+        asks = repr(recipe[key]) if key in recipe else "none (the setting is gone)"
+        raise ConfigError(f"{where}: this finished stage was trained with {was}, the config asks for {asks}; "
+                          "delete the folder or train into another --out")
 
 
 def run_stage(run: Path, stage: str, mcfg: ModelConfig, data: dict, step, loop: LoopConfig, progress: bool = True,

@@ -181,8 +181,17 @@ def test_a_relabelling_round_is_reused_whatever_rounds_follow_it_and_step2_stage
                     extra={"recipe": st.step2_recipe(cfg1, 0)})
     loop = small.loop("target")
     assert st.run_stage(tmp, "target_round0", mcfg, {}, None, loop, recipe=st.step2_recipe(cfg2, 0)) is not None
-    with pytest.raises(ConfigError, match=r"target: .*step2.rounds? = 1, the config asks for 2"):
+    with pytest.raises(ConfigError, match=r"target: .*step2.round = 1, the config asks for 2"):
         st.run_stage(tmp, "target", mcfg, {}, None, loop, recipe=st.step2_recipe(cfg2, 2))
+    # a final model saved before rounds were recorded: the number of rounds alone refuses it
+    save_checkpoint(st.checkpoint_path(tmp, "final_v1"), create_model_from_config(mcfg), mcfg,
+                    extra={"recipe": {k: v for k, v in st.step2_recipe(cfg1).items() if k.startswith("step2.")}})
+    with pytest.raises(ConfigError, match=r"final_v1: .*step2.rounds = 1, the config asks for 3"):
+        st.run_stage(tmp, "final_v1", mcfg, {}, None, loop, recipe=st.step2_recipe(load_config(None, {}), 3))
+    # a setting added to a group the checkpoint records is compared too (the stage never saw it)
+    added = {**st.step2_recipe(cfg1, 0), "step2.new_option": 1}
+    with pytest.raises(ConfigError, match=r"target_round0: .*trained with no step2.new_option, the config asks for 1"):
+        st.run_stage(tmp, "target_round0", mcfg, {}, None, loop, recipe=added)
     with pytest.raises(ConfigError, match=r"target_round0: .*step1.cloud_max"):
         st.run_stage(tmp, "target_round0", mcfg, {}, None, loop, recipe=st.step2_recipe(other, 0))
     # an older checkpoint that recorded step 2 only is still checked on what it recorded

@@ -102,20 +102,21 @@ def test_esccs_calibrates_the_teachers_of_every_round(monkeypatch, tmp_path):
     for calibrate in (True, False):
         seen.clear()
         recipes.clear()
-        cfg = load_config(None, {"step1.radiometric": "none", "step2.rounds": 1, "step2.calibrate": calibrate})
+        cfg = load_config(None, {"step1.radiometric": "none", "step2.rounds": 2, "step2.calibrate": calibrate})
         ctx = methods.Context(cfg, tmp_path, bank(8, 0), bank(40, 1), False, tval=bank(40, 2))
         pred = methods.esccs(ctx)
-        assert len(seen) == 2
-        # each stage of the chain is reused under its own round's settings
+        assert len(seen) == 3
+        # each stage of the chain is reused under its own round's settings; only the last records the round count
         assert [(name, r["step2.round"], r.get("step2.rounds")) for name, r in recipes] == [
-            ("target_round0", 0, None), ("target_r1", 1, 1), ("target", 1, 1)]
+            ("target_round0", 0, None), ("target_r1", 1, None), ("target_round1", 1, None), ("target_r2", 2, 2),
+            ("target", 2, 2)]
         assert all(r["step2.calibrate"] == calibrate for _, r in recipes)
-        for (teachers, vteachers), source in zip(seen, (raw, after)):
+        for (teachers, vteachers), source in zip(seen, (raw, after, after)):
             temps = st.calibrate_teachers(source["tval"], ctx.tval.coverage) if calibrate else {"a_o": 1, "a_s": 1}
             for k in ("a_o", "a_s"):
                 torch.testing.assert_close(teachers[k], source["tgt"][k] / temps[k])
                 torch.testing.assert_close(vteachers[k], source["tval"][k] / temps[k])
             assert torch.equal(teachers["u"], source["tgt"]["u"])
-        assert len(pred.info["temperatures"]) == (2 if calibrate else 0)
+        assert len(pred.info["temperatures"]) == (3 if calibrate else 0)
         if calibrate:
             assert pred.info["temperatures"][0] != pred.info["temperatures"][1]  # refitted after the round
