@@ -3,14 +3,17 @@
 Stage 1 (translator): the paper uses an unpaired CycleGAN, whose adversarial loss makes the output *look like* SAR,
 speckle and bright scatterers included. A paired L1 U-Net alone outputs the conditional median: smooth mean images
 with a fraction of real SAR's within-image variance, on which a classifier learns cues that real SAR does not show.
-Here a small paired U-Net optical -> SAR, trained on the co-registered target-train pairs whose optical image is
-visible (cloud cover <= :data:`PAIR_MAX_COVER`, from the cloud mask; never target labels), predicts per pixel
-and channel a Laplace distribution (location mu, scale b, in normalised dB): mu with L1 (the stand-in's loss), b
-with the Laplace likelihood of the within-image residual (an explicit, learned noise model; :func:`laplace_nll`).
-Translating draws ``mu + b * Laplace(0, 1)`` (a fresh draw every epoch of stage 2), with the scale calibrated once on
-the translator's pairs so that the draws' mean within-image variance equals real SAR's (:func:`noise_shift`): translated
-SAR has SAR's speckle-like spread and heavy tails. It turns the labelled source cloud-free optical images into
-SAR-like images that keep their source labels.
+Here a small paired U-Net optical -> SAR, trained with L1 on the co-registered target-train pairs whose optical
+image is visible (cloud cover <= :data:`PAIR_MAX_COVER`, from the cloud mask; never target labels), predicts the
+mean image ``mu``; what it cannot predict, the residual ``real - mu`` of each of those pairs (level offset, speckle,
+texture, bright scatterers), is kept as an empirical, class-conditional noise model (:func:`residual_bank`): a pair's
+class is step 1's filtered pseudo-label of it (f_S on its optical image). A labelled source image of class ``y`` is
+translated to ``mu + r``, ``r`` the residual of a pair of class ``y``, rotated / flipped at random, drawn afresh
+every epoch of stage 2 among :data:`POOL` candidates (:func:`residual_pools`, :func:`translate`). Translated SAR has
+real SAR's spread, level offsets, tails and per-class texture, where the class information of (synthetic) SAR
+mostly lies: on the development data a classifier on the mean images alone reached 27-31 % OA on real SAR, on
+mean images plus the residual of a random pair 30-31 %, plus a residual of the same pseudo-class 42-43 %
+(``benchmarks/cycit_diagnosis.py``; docs/method.md, cycit).
 
 Stage 2 (DTAM stand-in): a SAR classifier (registered architecture, 2 channels) trained on the translated source
 images with CE to the source labels, + a DANN domain discriminator behind a gradient-reversal layer on the encoder
@@ -25,6 +28,7 @@ classifier on ``bank.sar``.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -33,18 +37,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from esccs.errors import DataError
+from esccs.io.atomic import write_text
 from esccs.models import create_model_from_config, load_checkpoint, save_checkpoint
 from esccs.train import distributed as ddp
 from esccs.train import stages as st
 from esccs.train.bank import Bank
-from esccs.train.baselines.unet import UNet, train_or_load
+from esccs.train.baselines.unet import UNet, apply_net, train_or_load
 from esccs.train.loop import Trainer
 from esccs.train.methods import Context, Predictor, classifier_predictor
 
 ADV_WEIGHT = 0.1
 CENTER_WEIGHT = 0.01
-LOG_B_RANGE = (-5.0, 2.0)  # clamp of the predicted log-scale (normalised units)
-PAIR_MAX_COVER = 0.25  # the translator learns (and its noise scale is calibrated) on pairs this visible
+PAIR_MAX_COVER = 0.25  # the translator learns (and its residuals come) from pairs this visible
+POOL = 16  # candidate residuals per source image, drawn once among the pairs of its class; one is used per epoch
+TRANSLATION = "mu + class-conditional pair residual"  # recorded in the classifier checkpoint, checked on reuse
 
 
 class _GradReverse(torch.autograd.Function):
@@ -92,27 +98,62 @@ class DannNet(nn.Module):
 
 
 class RampTrainer(Trainer):
-    """A :class:`Trainer` that sets the adaptation weight of the epoch (:func:`ramp`) before running it."""
+    """A :class:`Trainer` that sets the adaptation weight of the epoch (:func:`ramp`) before running it.
+
+    With a residual ``pool`` in the data it also draws the epoch's translation choices (:func:`draw_choices`) for
+    every row, from a generator seeded by the run's seed and the epoch: a resumed run makes the same draws, and
+    under torchrun each rank slices its rows of the same draws, as one process would use them.
+    """
 
     def _epoch(self, epoch: int) -> dict:
         self.model.adv_scale = ADV_WEIGHT * ramp(epoch / max(self.cfg.epochs - 1, 1))
+        if "pool" in self.data:
+            gen = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch + 7_919)
+            mu = self.data["mu"]
+            self.data["draw"] = draw_choices(len(mu), self.data["pool"].shape[1], mu.shape[-1] == mu.shape[-2], gen)
         return super()._epoch(epoch)
 
 
-def translate(mu: torch.Tensor, log_b: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-    """A draw ``mu + b * Laplace(0, 1)`` of the translator's output distribution."""
-    u = torch.rand(mu.shape, generator=gen).clamp(1e-6, 1 - 1e-6) - 0.5
-    return mu - log_b.exp() * u.sign() * torch.log1p(-2 * u.abs())
+def draw_choices(n: int, k: int, square: bool = True, gen: torch.Generator | None = None) -> torch.Tensor:
+    """``(n, 3)`` random choices per row for :func:`translate`: pool column, quarter turns, flip.
+
+    The column is in ``[0, k)``, the turns 0-3 (0 or 2 when the images are not square), the flip 0 or 1.
+    """
+    col = torch.randint(k, (n,), generator=gen)
+    turns = torch.randint(4, (n,), generator=gen) if square else 2 * torch.randint(2, (n,), generator=gen)
+    return torch.stack([col, turns, torch.randint(2, (n,), generator=gen)], 1)
 
 
-def dann_step(model: DannNet, b: dict):
+def translate(mu: torch.Tensor, resid: torch.Tensor, pool: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+    """SAR-like images ``mu + r``, ``r`` the row's chosen ``pool`` residual, turned and flipped as ``draw`` says.
+
+    Args:
+        mu: ``(N, C, H, W)`` the translator's mean images.
+        resid: ``(P, C, H, W)`` residuals ``real - mu`` of the translator's pairs (:func:`residual_bank`).
+        pool: ``(N, K)`` candidate residual indices per row (:func:`residual_pools`).
+        draw: ``(N, 3)`` pool column, quarter turns and flip per row (:func:`draw_choices`).
+    """
+    n = len(mu)
+    draw = draw.to(pool.device)
+    r = resid[pool[torch.arange(n, device=pool.device), draw[:, 0]]]  # advanced indexing: a copy of the bank rows
+    for k in range(1, 4):
+        m = draw[:, 1] == k
+        if bool(m.any()):
+            r[m] = torch.rot90(r[m], k, (-2, -1))
+    m = draw[:, 2].bool()
+    r[m] = r[m].flip(-1)
+    return mu + r
+
+
+def dann_step(model: DannNet, b: dict, resid: torch.Tensor | None = None):
     """CE on translated source + ramped domain BCE (through the reversal) + CENTER_WEIGHT * centre loss.
 
-    A batch carries the translator's ``mu`` / ``log_b`` of its source images; a fresh SAR-like draw is made here
-    (the loop seeds torch per epoch, so a resumed run makes the same draws). A validation batch carries real
-    ``sar`` instead.
+    A batch carries the translator's ``mu`` of its source images, their residual ``pool`` and the epoch's ``draw``
+    (:class:`RampTrainer`); the SAR-like images are made here from the residual bank ``resid`` (bound with
+    :func:`functools.partial`: kept out of the model, so DDP never broadcasts it). A validation batch, or one
+    without ``mu``, carries ``sar`` instead.
     """
-    sar = translate(b["mu"], b["log_b"]).to(b["mu"].device) if "mu" in b else b["sar"]
+    sar = translate(b["mu"], resid, b["pool"], b["draw"]) if "mu" in b else b["sar"]
     out = model(sar, b["sar_t"])
     z, h, y = out["logits"], out["h"], b["target"]
     n = len(z)
@@ -123,22 +164,8 @@ def dann_step(model: DannNet, b: dict):
     return ce + model.adv_scale * adv + CENTER_WEIGHT * center, z, {}
 
 
-def laplace_nll(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Translator loss: L1 of the location ``mu`` + Laplace NLL of the within-image residual under scale ``b``.
-
-    ``out`` stacks (mu, log b) on channels. The scale only models the spread *within* an image: each image's mean
-    residual (an offset the optical image cannot tell, e.g. the scene's incidence angle) is removed before the
-    likelihood term and the location is held fixed there, so per-scene uncertainty does not become pixel noise.
-    """
-    c = target.shape[1]
-    mu, log_b = out[:, :c], out[:, c:].clamp(*LOG_B_RANGE)
-    r = (target - mu.detach())
-    r = r - r.mean((-2, -1), keepdim=True)
-    return (target - mu).abs().mean() + (r.abs() * torch.exp(-log_b) + log_b).mean()
-
-
 def _translator_step(model, b):
-    return laplace_nll(model(b["optical"]), b["sar"]), None, {}
+    return (model(b["optical"]) - b["sar"]).abs().mean(), None, {}
 
 
 def translator_pairs(bank: Bank) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +181,7 @@ def translator_pairs(bank: Bank) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def train_translator(ctx: Context) -> nn.Module:
-    """Stage 1: paired U-Net optical -> (mu, log b) of SAR on target-train's visible pairs (Laplace NLL).
+    """Stage 1: paired U-Net optical -> mean SAR image ``mu`` on target-train's visible pairs (L1).
 
     Raises:
         DataError: target-train has no pair with cloud cover <= :data:`PAIR_MAX_COVER`.
@@ -167,44 +194,53 @@ def train_translator(ctx: Context) -> nn.Module:
                         f"{PAIR_MAX_COVER} to train the optical -> SAR translator on")
     vopt, vsar = translator_pairs(ctx.tval)
     val = {"optical": vopt, "sar": vsar} if len(vopt) else None
-    return train_or_load(ctx.run / "cycit" / "translator", lambda: UNet(c_o, 2 * c_s, width),
+    return train_or_load(ctx.run / "cycit" / "translator", lambda: UNet(c_o, c_s, width),
                          {"optical": opt, "sar": sar}, _translator_step, ctx.cfg.loop("aux"),
-                         {"c_in": c_o, "c_out": 2 * c_s, "width": width, "seed": ctx.cfg.seed, "loss": "laplace_nll",
+                         {"c_in": c_o, "c_out": c_s, "width": width, "seed": ctx.cfg.seed, "loss": "l1",
                           "pairs": f"cover <= {PAIR_MAX_COVER}"}, ctx.progress, val=val)
 
 
-@torch.no_grad()
-def translator_params(translator: nn.Module, optical: torch.Tensor, c_s: int, device: str = "cpu"):
-    """``(mu, log_b)`` of the translator's output distribution for each optical image (CPU tensors)."""
-    translator.eval().to(device)
-    outs = [translator(optical[s:s + 256].to(device)).float().cpu() for s in range(0, len(optical), 256)]
-    out = torch.cat(outs)
-    return out[:, :c_s], out[:, c_s:].clamp(*LOG_B_RANGE)
+def residual_bank(translator: nn.Module, pairs: tuple[torch.Tensor, torch.Tensor],
+                  device: str = "cpu") -> torch.Tensor:
+    """The residuals ``real - mu`` of the translator's (optical, SAR) ``pairs``: ``(P, C, H, W)``.
+
+    What the optical image cannot tell about the SAR one (the scene's level offset, speckle, texture, bright
+    scatterers): the noise model of the translation, taken from real SAR.
+    """
+    return pairs[1] - apply_net(translator, pairs[0], device=device)
+
+
+def pair_classes(ctx: Context) -> torch.Tensor:
+    """Step 1's filtered pseudo-label of each translator pair: ``(P,)``, in the order of :func:`translator_pairs`.
+
+    The label is f_S's on the pair's optical image, -1 where step 1's filter drops it; never target labels.
+    """
+    pl = ctx.pseudo(ctx.cfg.step1, "tgt")
+    cls = torch.full((len(ctx.tgt),), -1, dtype=torch.long)
+    cls[pl["kept"]] = pl["pseudo"][pl["kept"]]
+    return cls[ctx.tgt.coverage <= PAIR_MAX_COVER]
+
+
+def residual_pools(labels: torch.Tensor, pair_cls: torch.Tensor, k: int = POOL,
+                   gen: torch.Generator | None = None) -> torch.Tensor:
+    """``(N, k)`` residual indices per source image, drawn with replacement among the pairs of the image's class.
+
+    A class without a pair draws among the pairs with any class, else among all pairs.
+    """
+    labelled = torch.nonzero(pair_cls >= 0).flatten()
+    fallback = labelled if len(labelled) else torch.arange(len(pair_cls))
+    pools = torch.empty((len(labels), k), dtype=torch.long)
+    for c in labels.unique().tolist():
+        rows = torch.nonzero(labels == c).flatten()
+        cand = torch.nonzero(pair_cls == c).flatten()
+        cand = cand if len(cand) else fallback
+        pools[rows] = cand[torch.randint(len(cand), (len(rows), k), generator=gen)]
+    return pools
 
 
 def within_var(x: torch.Tensor) -> torch.Tensor:
     """Mean within-image variance per channel of ``(N, C, H, W)`` images: ``(C,)``."""
     return x.flatten(2).var(2).mean(0)
-
-
-def noise_shift(mu: torch.Tensor, log_b: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Moment matching of the noise model on the translator's pairs: a per-channel shift of ``log b``, ``(C,)``.
-
-    After the shift, the draws' mean within-image variance ``var_within(mu) + 2 (s b)^2`` equals real SAR's.
-    """
-    want = (within_var(real) - within_var(mu)).clamp_min(1e-6)
-    have = (2 * (2 * log_b).exp()).mean((0, 2, 3))
-    return 0.5 * torch.log(want / have)
-
-
-def sar_like_params(translator: nn.Module, optical: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor],
-                    device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(mu, log b)`` for ``optical`` with the noise scale calibrated on ``pairs`` = (optical, real SAR)."""
-    c_s = int(pairs[1].shape[1])
-    mu_p, log_b_p = translator_params(translator, pairs[0], c_s, device)
-    shift = noise_shift(mu_p, log_b_p, pairs[1]).view(1, -1, 1, 1)
-    mu, log_b = translator_params(translator, optical, c_s, device)
-    return mu, log_b + shift
 
 
 @torch.no_grad()
@@ -224,18 +260,35 @@ def adapt_bn(model: nn.Module, x: torch.Tensor, batch: int = 128, device: str = 
 
 
 def train_classifier(ctx: Context, translator: nn.Module) -> nn.Module:
-    """Stage 2: SAR classifier on translated labelled source + ramped DANN against real target SAR + centre loss."""
+    """Stage 2: SAR classifier on translated labelled source + ramped DANN against real target SAR + centre loss.
+
+    Raises:
+        DataError: the saved classifier was trained on another translation (an older CycIT).
+    """
     ckpt = ctx.checkpoint("cycit/classifier")
     mcfg = st.model_config(ctx.cfg, ctx.tgt, "sar")
     loop = ctx.cfg.loop("target")
+    folders = f"delete {Path(ckpt).parent} and {ctx.run / 'cycit' / 'translator'} to retrain"
     if ckpt.exists():
-        return load_checkpoint(ckpt, expect=mcfg.name)[0].to(loop.device).eval()
+        model, _, extra = load_checkpoint(ckpt, expect=mcfg.name)
+        if extra.get("translation") != TRANSLATION:
+            raise DataError(ckpt, f"saved by an older CycIT (translation {extra.get('translation')!r}); {folders}")
+        return model.to(loop.device).eval()
+    marker = Path(ckpt).parent / "translation.txt"  # an interrupted run resumes only with the same translation
+    if (Path(ckpt).parent / "last.json").exists():
+        was = marker.read_text().strip() if marker.exists() else None
+        if was != TRANSLATION:
+            raise DataError(Path(ckpt).parent / "last.json", f"an interrupted older CycIT (translation {was!r}); "
+                                                               f"{folders}")
     src = ctx.src.where("train") if (ctx.src.split == "train").any() else ctx.src
-    mu, log_b = sar_like_params(translator, src.optical, translator_pairs(ctx.tgt), ctx.device)
     gen = torch.Generator().manual_seed(ctx.cfg.seed)
+    pairs = translator_pairs(ctx.tgt)
+    resid = residual_bank(translator, pairs, ctx.device)
+    pools = residual_pools(src.labels, pair_classes(ctx), POOL, gen)
+    mu = apply_net(translator, src.optical, device=ctx.device)
     n_t = len(ctx.tgt.sar)
     pair = torch.cat([torch.randperm(n_t, generator=gen) for _ in range(-(-len(mu) // n_t))])[: len(mu)]
-    data = {"mu": mu, "log_b": log_b, "target": src.labels, "sar_t": ctx.tgt.sar[pair]}
+    data = {"mu": mu, "pool": pools, "target": src.labels, "sar_t": ctx.tgt.sar[pair]}
     val = None
     if len(ctx.tval):
         vpl = ctx.pseudo(ctx.cfg.step1, "tval")
@@ -244,12 +297,15 @@ def train_classifier(ctx: Context, translator: nn.Module) -> nn.Module:
     torch.manual_seed(loop.seed)
     clf = create_model_from_config(mcfg)
     wrapper = DannNet(clf, len(ctx.tgt.classes))
-    trainer = RampTrainer(wrapper, data, dann_step, loop, Path(ckpt).parent, "cycit/classifier", ctx.progress,
-                          val=val)
+    ddp.on_main(write_text, marker, TRANSLATION + "\n")
+    trainer = RampTrainer(wrapper, data, functools.partial(dann_step, resid=resid.to(loop.device)), loop,
+                          Path(ckpt).parent, "cycit/classifier", ctx.progress, val=val)
     trainer.fit()
     adapt_bn(clf, ctx.tgt.sar, device=ctx.device)
     ddp.on_main(save_checkpoint, ckpt, clf.cpu(), mcfg, extra={"stage": "cycit/classifier", **trainer.summary(),
-                                                               "baseline": "cycit", "bn": "adabn-target"})
+                                                               "baseline": "cycit", "bn": "adabn-target",
+                                                               "translation": TRANSLATION,
+                                                               "residual_pairs": len(resid)})
     return clf.to(loop.device).eval()
 
 
@@ -259,6 +315,6 @@ def cycit(ctx: Context) -> Predictor:
     translator = None if ckpt.exists() else train_translator(ctx)
     model = train_classifier(ctx, translator)
     pred = classifier_predictor("cycit", model, "sar", ckpt, ctx.device)
-    pred.info = {"translator": "paired U-Net, Laplace NLL (learned noise model; CycleGAN stand-in)",
+    pred.info = {"translator": f"paired U-Net, L1 (CycleGAN stand-in); {TRANSLATION}",
                  "bn": "domain-specific batches + AdaBN on target SAR", "adv": "ramped DANN"}
     return pred
