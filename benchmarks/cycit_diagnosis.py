@@ -26,7 +26,6 @@ from pathlib import Path
 
 import torch
 
-from esccs.models import create_model_from_config
 from esccs.train import run as R
 from esccs.train import stages as st
 from esccs.train.baselines import cycit as C
@@ -83,22 +82,10 @@ def main() -> None:
     resid = C.residual_bank(translator, C.translator_pairs(ctx.tgt))
     pools = C.residual_pools(s.labels, C.pair_classes(ctx), C.POOL, gen)
     print("real source SAR", json.dumps(stats(s.sar)), flush=True)
-    vpl = ctx.pseudo(cfg.step1, "tval")
-    k = vpl["kept"]
-    val = {"sar": ctx.tval.sar[k], "sar_t": ctx.tval.sar[k], "target": vpl["pseudo"][k]}
-    mcfg, loop = st.model_config(cfg, ctx.tgt, "sar"), cfg.loop("target")
     for v in variants:
         x = images(v, mu, s.sar, resid, pools, gen)
-        n_t = len(ctx.tgt.sar)
-        pair = torch.cat([torch.randperm(n_t, generator=gen) for _ in range(-(-len(x) // n_t))])[: len(x)]
-        torch.manual_seed(loop.seed)
-        clf = create_model_from_config(mcfg)
-        trainer = C.RampTrainer(C.DannNet(clf, len(src.classes)), {"sar": x, "target": s.labels,
-                                                                    "sar_t": ctx.tgt.sar[pair]},
-                                C.dann_step, loop, Path(a.run) / "cycit_diagnosis" / v, f"diagnosis/{v}", False,
-                                val=val)
-        trainer.fit()
-        C.adapt_bn(clf, ctx.tgt.sar)
+        data = {"sar": x, "target": s.labels, "sar_t": C.target_rows(ctx, len(x), gen)}
+        clf, _ = C.fit_classifier(ctx, data, C.dann_step, Path(a.run) / "cycit_diagnosis" / v, f"diagnosis/{v}")
         oa = float((st.predict(clf, test.sar)["logits"].argmax(1) == test.labels).float().mean())
         print(f"{v:12s} target-test OA {100 * oa:5.1f} %  {json.dumps(stats(x))}", flush=True)
 

@@ -259,6 +259,32 @@ def adapt_bn(model: nn.Module, x: torch.Tensor, batch: int = 128, device: str = 
     model.eval()
 
 
+def target_rows(ctx: Context, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` real target-train SAR images, one per source row, for the domain discriminator (each used evenly)."""
+    n_t = len(ctx.tgt.sar)
+    pair = torch.cat([torch.randperm(n_t, generator=gen) for _ in range(-(-n // n_t))])[:n]
+    return ctx.tgt.sar[pair]
+
+
+def fit_classifier(ctx: Context, data: dict, step, folder: Path, name: str) -> tuple[nn.Module, Trainer]:
+    """Train stage 2's SAR classifier on ``data`` with ``step``, then AdaBN on target SAR: (classifier, trainer).
+
+    :class:`RampTrainer`; the epoch is selected on held-out target-train SAR against step 1's pseudo-labels.
+    """
+    loop = ctx.cfg.loop("target")
+    val = None
+    if len(ctx.tval):
+        vpl = ctx.pseudo(ctx.cfg.step1, "tval")
+        k = vpl["kept"]
+        val = {"sar": ctx.tval.sar[k], "sar_t": ctx.tval.sar[k], "target": vpl["pseudo"][k]}
+    torch.manual_seed(loop.seed)
+    clf = create_model_from_config(st.model_config(ctx.cfg, ctx.tgt, "sar"))
+    trainer = RampTrainer(DannNet(clf, len(ctx.tgt.classes)), data, step, loop, folder, name, ctx.progress, val=val)
+    trainer.fit()
+    adapt_bn(clf, ctx.tgt.sar, device=ctx.device)
+    return clf, trainer
+
+
 def train_classifier(ctx: Context, translator: nn.Module) -> nn.Module:
     """Stage 2: SAR classifier on translated labelled source + ramped DANN against real target SAR + centre loss.
 
@@ -286,22 +312,10 @@ def train_classifier(ctx: Context, translator: nn.Module) -> nn.Module:
     resid = residual_bank(translator, pairs, ctx.device)
     pools = residual_pools(src.labels, pair_classes(ctx), POOL, gen)
     mu = apply_net(translator, src.optical, device=ctx.device)
-    n_t = len(ctx.tgt.sar)
-    pair = torch.cat([torch.randperm(n_t, generator=gen) for _ in range(-(-len(mu) // n_t))])[: len(mu)]
-    data = {"mu": mu, "pool": pools, "target": src.labels, "sar_t": ctx.tgt.sar[pair]}
-    val = None
-    if len(ctx.tval):
-        vpl = ctx.pseudo(ctx.cfg.step1, "tval")
-        k = vpl["kept"]
-        val = {"sar": ctx.tval.sar[k], "sar_t": ctx.tval.sar[k], "target": vpl["pseudo"][k]}
-    torch.manual_seed(loop.seed)
-    clf = create_model_from_config(mcfg)
-    wrapper = DannNet(clf, len(ctx.tgt.classes))
+    data = {"mu": mu, "pool": pools, "target": src.labels, "sar_t": target_rows(ctx, len(mu), gen)}
     ddp.on_main(write_text, marker, TRANSLATION + "\n")
-    trainer = RampTrainer(wrapper, data, functools.partial(dann_step, resid=resid.to(loop.device)), loop,
-                          Path(ckpt).parent, "cycit/classifier", ctx.progress, val=val)
-    trainer.fit()
-    adapt_bn(clf, ctx.tgt.sar, device=ctx.device)
+    clf, trainer = fit_classifier(ctx, data, functools.partial(dann_step, resid=resid.to(loop.device)),
+                                  Path(ckpt).parent, "cycit/classifier")
     ddp.on_main(save_checkpoint, ckpt, clf.cpu(), mcfg, extra={"stage": "cycit/classifier", **trainer.summary(),
                                                                "baseline": "cycit", "bn": "adabn-target",
                                                                "translation": TRANSLATION,
