@@ -166,6 +166,8 @@ def plot_confusion(res: dict, out: Path) -> Path:
 
 
 REFERENCE, ORACLE, FLOOR = "esccs", "oracle-dual", "source-only"
+# the optical -> SAR transfers and the building block they contain (f_R, trained on step 1's pseudo-labels alone)
+TRANSFERS, BLOCK = ("ttl", "cycit"), "sar-only"
 
 
 def data_option(res: dict) -> str:
@@ -243,7 +245,10 @@ def comparison(results: dict[str, list[dict]]) -> dict:
                 if all(same.values()):
                     ref = aggregate(same)
                     gaps[m] = gap_closed(table[m], ref[FLOOR], ref[ORACLE])
+        transfers = {m: paired_rows({m: group[m], BLOCK: group[BLOCK]}, reference=m).get(BLOCK)
+                     for m in TRANSFERS if m in group and BLOCK in group}
         out[name] = {"table": table, "paired": paired_rows(group), "gap": gaps,
+                     "transfers": {m: iv for m, iv in transfers.items() if iv},
                      "runs": sorted({r["run"] for rs in group.values() for r in rs})}
     return out
 
@@ -286,6 +291,15 @@ def comparison_markdown(comp: dict, title: str = "Accuracy by cloud stratum", no
                              + " | ".join(_cell(r[f"oa:{s}"]) for s in STRATA) + f" | {_cell(r['strata_mean'])} | "
                              f"{gap} | {_ci(iv.get('all'))} | " + " | ".join(_ci(iv.get(s)) for s in STRATA) + " |")
         lines.append("")
+        transfers = sec.get("transfers", {})
+        if transfers:
+            lines += [f"Optical -> SAR transfers against the building block they contain, `{BLOCK}` (row − {BLOCK}, "
+                      "OA points [95 % CI], paired as above):", "",
+                      "| row | runs | all | clear | partial | complete |", "|" + "---|" * 6]
+            for m, iv in transfers.items():
+                lines.append(f"| {m} | {iv['all']['runs']} | " + " | ".join(_ci(iv[s]) for s in ("all", *STRATA))
+                             + " |")
+            lines.append("")
         bins = [b[0] for b in COVERAGE_BINS]
         lines += ["OA by finer cloud-cover bin (%):", "", "| row | " + " | ".join(bins) + " |",
                   "|" + "---|" * (1 + len(bins))]

@@ -87,6 +87,33 @@ def test_table_marks_oracle_rows_and_computes_gap_closed_and_intervals(tmp_path)
     assert (tmp_path / "acc.json").exists() and (tmp_path / "acc_by_cover.png").exists()
 
 
+def test_transfers_are_compared_with_their_building_block_paired(tmp_path):
+    # ttl right on the first 60 of 100 patches, sar-only on the first 50 of the same ones: ttl - sar-only = +0.10,
+    # all of it on partial patches (10 of their 40); cycit is 0.10 below sar-only in the second run only
+    n = 100
+    labels, cov = np.zeros(n, int), np.array([0.0] * 40 + [0.5] * 40 + [1.0] * 20)
+    right = lambda k: np.array([0] * k + [1] * (n - k))  # noqa: E731 - first k patches correct
+    for s, k_cyc in ((0, 50), (1, 40)):
+        _write_run(tmp_path / f"seed{s}", [_result("esccs", "", right(70), labels, cov),
+                                           _result("sar-only", "", right(50), labels, cov),
+                                           _result("ttl", "", right(60), labels, cov),
+                                           _result("cycit", "", right(k_cyc), labels, cov)])
+    comp = report.write_table([tmp_path], tmp_path / "acc.md")
+    tr = comp["plain"]["transfers"]
+    assert set(tr) == {"ttl", "cycit"}
+    iv = tr["ttl"]["all"]
+    assert iv["diff"] == pytest.approx(0.10) and 0 < iv["lo"] < 0.10 < iv["hi"] and iv["runs"] == 2
+    assert tr["ttl"]["partial"]["diff"] == pytest.approx(0.25) and tr["ttl"]["partial"]["lo"] > 0
+    assert tr["ttl"]["clear"]["diff"] == tr["ttl"]["complete"]["diff"] == 0.0
+    assert tr["cycit"]["all"]["diff"] == pytest.approx(-0.05) and tr["cycit"]["clear"]["diff"] == 0.0
+    text = (tmp_path / "acc.md").read_text()
+    assert (f"| ttl | 2 | +10.0 [{100 * iv['lo']:+.1f}, {100 * iv['hi']:+.1f}] * | +0.0 [+0.0, +0.0] | +25.0 ["
+            in text)
+    # without the building block there is nothing to compare with
+    comp = report.comparison({k: v for k, v in report.collect([tmp_path]).items() if k != "sar-only"})
+    assert comp["plain"]["transfers"] == {}
+
+
 def test_table_has_one_section_per_data_option(tmp_path):
     labels, cov = np.zeros(20, int), np.zeros(20)
     _write_run(tmp_path / "a", [_result("esccs", "", np.zeros(20, int), labels, cov)])
