@@ -17,7 +17,7 @@ from esccs.errors import ConfigError
 
 #: closed value sets of the enumerated fields (the ops' and filters' own tables where they exist)
 DEVICES = ("cpu", "cuda")
-SELECT = ("val", "last")
+SELECT = ("val", "val-loss", "last")
 IRM_APPLY = ("grad", "loss")
 AUX_LABELS = ("hard", "soft")
 VOTES = ("teacher", "modality")
@@ -83,10 +83,11 @@ class LoopConfig:
     erase_max: float = 1.0  # largest erased fraction of the image (1.0: sometimes all of it, like a full cloud)
     amp: bool = True  # bf16 autocast on CUDA only; ignored on CPU
     channels_last: bool = True
-    # Checkpoint selection: "val" keeps the epoch with the best accuracy (ties: lower loss) on the stage's
-    # validation data (source val split for stage 0; a scene-grouped held-out part of target-train scored against
-    # the stage's own pseudo-labels / teachers for target stages; never target labels); "last" keeps the last.
-    select: str = "val"
+    # Checkpoint selection on the stage's validation data (source val split for stage 0; a scene-grouped held-out
+    # part of target-train scored against the stage's own pseudo-labels / teachers for target stages; never target
+    # labels): "val-loss" keeps the epoch with the lowest loss there (the stage's own loss), "val" the best accuracy
+    # (ties: lower loss), "last" the last epoch (docs/method.md, "Checkpoint selection").
+    select: str = "val-loss"
     # Set from the run's ``seed`` / ``device`` (TrainConfig); a stage-level value is refused at load.
     seed: int = 0
     device: str = "cpu"

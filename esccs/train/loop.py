@@ -5,10 +5,11 @@ CUDA, channels_last, per-epoch seeding (so a resumed run replays exactly the bat
 seen), a progress bar with loss and accuracy, a CSV log (optional TensorBoard), a resumable state after every epoch
 (``last.safetensors`` + ``last.json``), and the final checkpoint (``model.safetensors`` + ``model.json``).
 
-Checkpoint selection (``LoopConfig.select="val"``): after every epoch the model is scored on the stage's validation
-data (the same step function in eval mode, no augmentation): accuracy against the validation ``target`` (true labels
-for the source stage; the stage's own pseudo-labels for target stages), ties broken by the lower loss; the best
-epoch's weights (``best.safetensors``, kept across a resume) become the stage's model.
+Checkpoint selection (``LoopConfig.select``): after every epoch the model is scored on the stage's validation data
+(the same step function in eval mode, no augmentation; the validation ``target`` is the true label for the source
+stage, the stage's own pseudo-label for target stages). ``val-loss`` (the default) keeps the epoch of lowest loss,
+``val`` the most accurate one (ties broken by the lower loss); the best epoch's weights (``best.safetensors``, kept
+across a resume) become the stage's model.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class Trainer:
     def __init__(self, model: nn.Module, data: dict, step_fn: StepFn, cfg: LoopConfig, out_dir: Path,
                  name: str, progress: bool = True, erase_range: tuple | None = None, val: dict | None = None) -> None:
         self.model, self.data, self.step_fn, self.cfg = model, data, step_fn, cfg
-        self.val = val if (val and cfg.select == "val" and len(next(iter(val.values()))) > 0) else None
+        self.val = val if (val and cfg.select != "last" and len(next(iter(val.values()))) > 0) else None
         self.best: dict = {"epoch": -1, "acc": -1.0, "loss": math.inf}
         self.erase_range = erase_range
         self.dir, self.name, self.progress = Path(out_dir), name, progress
@@ -231,7 +232,7 @@ class Trainer:
         last = self.cfg.epochs - 1
         sel = self.best["epoch"] if self.val is not None and self.best["epoch"] >= 0 else last
         return {"epochs": self.cfg.epochs, "steps": self.cfg.epochs * self.steps, "selected_epoch": sel,
-                "select": "val" if self.val is not None else "last",
+                "select": self.cfg.select if self.val is not None else "last",
                 "val_acc": self.best["acc"] if self.val is not None else None,
                 "val_loss": self.best["loss"] if self.val is not None else None,
                 "n_train": self.n, "n_val": 0 if self.val is None else len(next(iter(self.val.values())))}
@@ -259,7 +260,8 @@ class Trainer:
         if self.world > 1:
             loss_sum, correct = ddp.all_sum([loss_sum, correct])
         v = {"loss": loss_sum / n, "acc": correct / n if has_target else 0.0}
-        if (v["acc"], -v["loss"]) > (self.best["acc"], -self.best["loss"]):
+        key = (lambda b: -b["loss"]) if self.cfg.select == "val-loss" else (lambda b: (b["acc"], -b["loss"]))
+        if key(v) > key(self.best):
             self.best = {"epoch": epoch, **v}
             from safetensors.torch import save_file
 

@@ -139,7 +139,8 @@ def test_validation_selection_keeps_the_best_epoch_not_the_last(tmp_path):
         return F.cross_entropy(z, b["target"]), z, {}
 
     cfg = load_config(None, {"target.epochs": 8, "target.batch_size": 64, "target.augment": False,
-                             "target.lr": 0.5, "target.lr_head": 0.5, "target.warmup_epochs": 0}).loop("target")
+                             "target.lr": 0.5, "target.lr_head": 0.5, "target.warmup_epochs": 0,
+                             "target.select": "val"}).loop("target")
     torch.manual_seed(0)
     net = nn.Linear(2, 2)
     with torch.no_grad():
@@ -155,6 +156,37 @@ def test_validation_selection_keeps_the_best_epoch_not_the_last(tmp_path):
     assert acc == pytest.approx(max(val_acc), abs=1e-4)  # the returned weights are the best epoch's (log: 4 d.p.)
     state = json.loads((tmp_path / "s" / "last.json").read_text())
     assert state["best"]["epoch"] == best
+
+
+def test_val_loss_selection_keeps_the_epoch_of_lowest_validation_loss(tmp_path):
+    # the same drifting run as above, selected on the validation loss: the kept weights are the epoch with the
+    # lowest logged val_loss, which is not the last, and the summary names the criterion
+    g = torch.Generator().manual_seed(0)
+    x, xv = torch.randn(512, 2, generator=g), torch.randn(512, 2, generator=g)
+    data = {"x": x, "target": (x[:, 0] - 0.5 * x[:, 1] > 0).long()}
+    val = {"x": xv, "target": (xv[:, 0] + xv[:, 1] > 0).long()}
+
+    def step(model, b):
+        z = model(b["x"])
+        return F.cross_entropy(z, b["target"]), z, {}
+
+    cfg = load_config(None, {"target.epochs": 8, "target.batch_size": 64, "target.augment": False,
+                             "target.lr": 0.5, "target.lr_head": 0.5, "target.warmup_epochs": 0}).loop("target")
+    assert cfg.select == "val-loss"  # the default
+    net = nn.Linear(2, 2)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[-0.2, -0.2], [0.2, 0.2]]))
+        net.bias.zero_()
+    trainer = Trainer(net, data, step, cfg, tmp_path / "s", "s", False, val=val)
+    model = trainer.fit()
+    rows = [line.split(",") for line in (tmp_path / "s" / "log.csv").read_text().splitlines()[1:]]
+    val_loss = [float(r[6]) for r in rows]
+    best = int(np.argmin(val_loss))
+    assert best < len(val_loss) - 1 and min(val_loss) < val_loss[-1], val_loss
+    with torch.no_grad():
+        loss = float(F.cross_entropy(model(xv), val["target"]))
+    assert loss == pytest.approx(min(val_loss), abs=1e-4)
+    assert trainer.summary()["selected_epoch"] == best and trainer.summary()["select"] == "val-loss"
 
 
 def test_without_validation_data_the_last_epoch_is_kept(tmp_path):
